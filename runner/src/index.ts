@@ -1,0 +1,1 @@
+export { runnerRoutes } from "./routes.js";

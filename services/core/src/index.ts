@@ -1,0 +1,1 @@
+export { coreRoutes } from "./routes.js";

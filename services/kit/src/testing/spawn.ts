@@ -1,0 +1,82 @@
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { promisify } from "node:util";
+
+/** The repository root, for tests that start the real entry points. */
+export const repoRoot = join(import.meta.dirname, "..", "..", "..", "..");
+
+/** A service started as its own process. */
+export interface SpawnedService {
+  url: string;
+  port: number;
+  child: ChildProcess;
+  /** Every line the process wrote to stdout and stderr so far. */
+  output: string[];
+  /** Sends SIGTERM and resolves with the exit code once the process has exited. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/**
+ * Starts a service entry point (`services/core/src/main.ts`, `runner/src/main.ts`) on a
+ * free port with the given extra arguments, and resolves once it logs that it listens.
+ */
+export async function spawnService(
+  entry: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): Promise<SpawnedService> {
+  const child = spawn(process.execPath, ["--import", "tsx", join(repoRoot, entry), "--port", "0", ...args], {
+    cwd: repoRoot,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const output: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${entry} did not start:\n${output.join("\n")}`)), 30_000);
+    const onLine = (line: string) => {
+      output.push(line);
+      if (!line.startsWith("{")) return;
+      try {
+        const record = JSON.parse(line) as { msg?: string; port?: number };
+        if (record.msg === "listening" && record.port) {
+          clearTimeout(timer);
+          resolve(record.port);
+        }
+      } catch {
+        // not a log record
+      }
+    };
+    if (child.stdout) createInterface({ input: child.stdout }).on("line", onLine);
+    if (child.stderr) createInterface({ input: child.stderr }).on("line", onLine);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`${entry} exited with ${code} before listening:\n${output.join("\n")}`));
+    });
+  });
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    child,
+    output,
+    stop(signal = "SIGTERM") {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+}
+
+const execFileAsync = promisify(execFile);
+const bufBinary = join(repoRoot, "node_modules", ".bin", "buf");
+
+/** Runs `buf curl` with the given arguments; resolves with its output whatever its exit status. */
+export async function bufCurl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await execFileAsync(bufBinary, ["curl", ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === "number" ? e.code : 1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
