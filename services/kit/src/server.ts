@@ -79,12 +79,12 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   const handler = connectNodeAdapter({
     routes(router) {
       options.routes(router);
-      for (const h of router.handlers) serviceNames.add(h.service.typeName);
       health.routes(router);
       reflectionRoutes(() => {
         if (!index) throw new ConnectError("reflection is not ready", Code.Unavailable);
         return index;
       })(router);
+      for (const h of router.handlers) serviceNames.add(h.service.typeName);
     },
     interceptors: [
       createLoggingInterceptor(logger),
@@ -97,12 +97,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   });
 
   // connectNodeAdapter called routes() synchronously, so serviceNames is complete here.
-  index = new ReflectionIndex(loadDescriptorSet(), [
-    ...serviceNames,
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-  ]);
+  index = new ReflectionIndex(loadDescriptorSet(), [...serviceNames]);
 
   async function serveFallback(req: HttpRequest, res: HttpResponse): Promise<void> {
     try {
