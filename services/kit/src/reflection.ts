@@ -200,5 +200,3 @@ export function reflectionRoutes(index: () => ReflectionIndex): (router: Connect
   };
 }
 
-/** The fully qualified names of the reflection services, for listing. */
-export const reflectionServiceNames = [ServerReflection.typeName, ServerReflectionV1Alpha.typeName];
