@@ -199,4 +199,3 @@ export function reflectionRoutes(index: () => ReflectionIndex): (router: Connect
     });
   };
 }
-
