@@ -1,1 +1,2 @@
-export { runnerRoutes } from "./routes.js";
+export * from "./config.js";
+export * from "./runner.js";

@@ -1,18 +1,40 @@
-import { createLogger, runMain, serverSettings, startServer } from "@devex/kit";
-import { runnerRoutes } from "./routes.js";
+import { createLogger, runMain, startServer } from "@devex/kit";
+import { runnerSettings } from "./config.js";
+import { createRunner } from "./runner.js";
 
 await runMain({
   command: "npm run runner --",
-  settings: serverSettings("runner", 8081),
+  settings: runnerSettings,
   async start(config) {
     const logger = createLogger({ service: "runner", level: config.logLevel });
-    return startServer({
+    const runner = await createRunner(config, logger, (dev) => {
+      process.stderr.write(
+        [
+          "",
+          "Development mode: this runner accepts tokens signed by a key it made at start.",
+          `  repl id:     ${dev.replId}`,
+          `  user token:  ${dev.userToken}`,
+          `  core token:  ${dev.coreToken}   (RunnerService)`,
+          "Call it with: -H 'Authorization: Bearer <token>'",
+          "",
+          "",
+        ].join("\n"),
+      );
+    });
+    const server = await startServer({
       name: "runner",
       logger,
       port: config.port,
       host: config.host,
       shutdownGraceMs: config.shutdownGraceMs,
-      routes: runnerRoutes(),
+      routes: runner.routes,
+      interceptors: runner.interceptors,
     });
+    return {
+      async close() {
+        await runner.shutdown(config.shutdownGraceMs, "signal");
+        await server.close();
+      },
+    };
   },
 });

@@ -6,3 +6,4 @@ export * from "./metrics.js";
 export * from "./reflection.js";
 export * from "./server.js";
 export * from "./settings.js";
+export * from "./runner-token.js";

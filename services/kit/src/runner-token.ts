@@ -1,0 +1,80 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { errors, type CryptoKey, type JWTPayload, jwtVerify, SignJWT } from "jose";
+
+/** The issuer of every runner token. */
+export const runnerTokenIssuer = "devex-core";
+
+/** The signature algorithm of runner tokens (Ed25519). */
+export const runnerTokenAlgorithm = "EdDSA";
+
+/** What a runner token grants: one repl, for one user, until it expires. */
+export interface RunnerTokenClaims {
+  /** The repl the token is for (the JWT audience). */
+  replId: string;
+  /** The user the token was issued to (the JWT subject). */
+  userId: string;
+  /** `user` for people and programs, `core` for core's own calls (RunnerService). */
+  role: "user" | "core";
+}
+
+/** Options for {@link signRunnerToken}. */
+export interface SignRunnerTokenOptions extends RunnerTokenClaims {
+  /** How long the token is valid, in milliseconds. */
+  ttlMs: number;
+}
+
+/** Signs a runner token with core's private key. */
+export async function signRunnerToken(privateKey: CryptoKey, options: SignRunnerTokenOptions): Promise<string> {
+  return new SignJWT({ role: options.role })
+    .setProtectedHeader({ alg: runnerTokenAlgorithm, typ: "JWT" })
+    .setIssuer(runnerTokenIssuer)
+    .setAudience(options.replId)
+    .setSubject(options.userId)
+    .setIssuedAt()
+    .setExpirationTime(new Date(Date.now() + options.ttlMs))
+    .sign(privateKey);
+}
+
+/**
+ * Verifies a runner token for one repl: the signature against core's public key, the
+ * issuer, the audience (this repl's id) and the expiry. Throws Unauthenticated with the
+ * reason otherwise.
+ */
+export async function verifyRunnerToken(
+  publicKey: CryptoKey,
+  replId: string,
+  token: string,
+  clockToleranceSec = 5,
+): Promise<RunnerTokenClaims> {
+  let payload: JWTPayload;
+  try {
+    ({ payload } = await jwtVerify(token, publicKey, {
+      algorithms: [runnerTokenAlgorithm],
+      issuer: runnerTokenIssuer,
+      audience: replId,
+      requiredClaims: ["exp", "sub"],
+      clockTolerance: clockToleranceSec,
+    }));
+  } catch (error) {
+    throw new ConnectError(`invalid runner token: ${describeJoseError(error)}`, Code.Unauthenticated, undefined, [], error);
+  }
+  const role = payload.role === "core" ? "core" : "user";
+  return { replId, userId: String(payload.sub), role };
+}
+
+function describeJoseError(error: unknown): string {
+  if (error instanceof errors.JWTExpired) return "expired";
+  if (error instanceof errors.JWTClaimValidationFailed) {
+    return error.claim === "aud" ? "issued for another repl" : `claim ${error.claim} ${error.reason}`;
+  }
+  if (error instanceof errors.JWSSignatureVerificationFailed) return "signature does not verify";
+  if (error instanceof errors.JOSEAlgNotAllowed) return "algorithm not allowed";
+  if (error instanceof errors.JWSInvalid || error instanceof errors.JWTInvalid) return "malformed";
+  return "could not be verified";
+}
+
+/** Reads the bearer token of an `Authorization` header, or undefined. */
+export function bearerToken(authorization: string | null): string | undefined {
+  const match = authorization?.match(/^Bearer\s+(\S+)\s*$/i);
+  return match?.[1];
+}
