@@ -43,8 +43,7 @@ export async function startTestRunner(argv: string[] = []): Promise<TestRunner> 
       join(root, "workspace"),
       "--repl-id",
       replId,
-      "--token-public-key",
-      await exportSPKI(publicKey),
+      `--token-public-key=${await exportSPKI(publicKey)}`,
       ...argv,
     ],
     env: {},
@@ -71,7 +70,7 @@ export async function startTestRunner(argv: string[] = []): Promise<TestRunner> 
     privateKey,
     token,
     async client(service, options = {}) {
-      const bearer = await token(options.role ?? "user");
+      const bearer = await token(options.role ?? "user", 3_600_000);
       const auth: Interceptor = (next) => (req) => {
         req.header.set("authorization", `Bearer ${bearer}`);
         return next(req);

@@ -1,0 +1,297 @@
+/**
+ * `npm run bench:terminal`: keystroke round trip and output throughput of a terminal,
+ * for four designs measured in the same run on this machine:
+ *
+ *   pty-alone   node-pty in this process (the ceiling: the kernel's terminal layer)
+ *   ws-relay    a raw WebSocket relay, one frame per PTY chunk (the seed system's design)
+ *   attach      our Attach bidirectional stream, gRPC over h2c, to a runner process
+ *   browser     our browser form: StreamOutput (Connect, HTTP/1.1) plus unary WriteInput
+ *
+ * and the runner's memory, idle and with 50 idle sessions. Prints one JSON line per
+ * target, then the ratios against the targets. Not a test: figures vary with the machine.
+ *
+ * Options (environment): BENCH_KEYSTROKES (default 1000), BENCH_MB (default 100).
+ */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { createWriteStream } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { create } from "@bufbuild/protobuf";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { type AttachRequest, AttachRequestSchema, TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { type SpawnedService, spawnService } from "@devex/kit/testing";
+import * as pty from "node-pty";
+import WebSocket from "ws";
+import { Channel } from "../runner/src/channel.js";
+
+const keystrokes = Number(process.env.BENCH_KEYSTROKES ?? 1000);
+const megabytes = Number(process.env.BENCH_MB ?? 100);
+const echoCommand = "stty raw -echo; exec cat";
+
+/** A terminal under test: write bytes, get output bytes through a callback. */
+interface Target {
+  write(data: Uint8Array): void | Promise<unknown>;
+  onData(listener: (data: Uint8Array) => void): void;
+  close(): Promise<void>;
+}
+
+interface Result {
+  target: string;
+  rtt_p50_us: number;
+  rtt_p99_us: number;
+  throughput_mb_s: number;
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+}
+
+/** Sends single bytes one at a time and times each until its echo comes back. */
+async function roundTrips(open: (command: string) => Promise<Target>): Promise<number[]> {
+  const target = await open(echoCommand);
+  let waiting: ((byte: number) => void) | undefined;
+  target.onData((data) => {
+    for (const byte of data) waiting?.(byte);
+  });
+  // Warm up: the shell must be in raw mode before timing starts.
+  for (let ready = false; !ready; ) {
+    const echoed = new Promise<boolean>((resolve) => {
+      waiting = (byte) => resolve(byte === 0x21);
+      setTimeout(() => resolve(false), 200);
+    });
+    void target.write(new Uint8Array([0x21]));
+    ready = await echoed;
+  }
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const times: number[] = [];
+  for (let i = 0; i < keystrokes; i++) {
+    const byte = 0x61 + (i % 26);
+    const echoed = new Promise<void>((resolve) => {
+      waiting = (got) => {
+        if (got === byte) resolve();
+      };
+    });
+    const started = process.hrtime.bigint();
+    void target.write(new Uint8Array([byte]));
+    await echoed;
+    times.push(Number(process.hrtime.bigint() - started) / 1000);
+  }
+  await target.close();
+  return times.sort((a, b) => a - b);
+}
+
+/** Times `megabytes` of output from a trigger byte to the last byte. */
+async function throughput(open: (command: string) => Promise<Target>, file: string, bytes: number): Promise<number> {
+  const target = await open(`stty raw -echo; head -c 1 >/dev/null; exec cat ${file}`);
+  let received = 0;
+  let done: () => void = () => {};
+  const finished = new Promise<void>((resolve) => {
+    done = resolve;
+  });
+  target.onData((data) => {
+    received += data.length;
+    if (received >= bytes) done();
+  });
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const started = performance.now();
+  void target.write(new Uint8Array([0x0a]));
+  await finished;
+  const seconds = (performance.now() - started) / 1000;
+  await target.close();
+  return bytes / 1024 / 1024 / seconds;
+}
+
+async function openPty(command: string): Promise<Target> {
+  const term = pty.spawn("bash", ["-c", command], { cols: 120, rows: 40, encoding: null } as pty.IPtyForkOptions);
+  const listeners: ((data: Uint8Array) => void)[] = [];
+  term.onData((data) => {
+    for (const l of listeners) l(data as unknown as Buffer);
+  });
+  return {
+    write: (data) => term.write(Buffer.from(data)),
+    onData: (l) => listeners.push(l),
+    async close() {
+      term.kill("SIGKILL");
+    },
+  };
+}
+
+function wsOpener(port: number) {
+  return async (command: string): Promise<Target> => {
+    const socket = new WebSocket(`ws://127.0.0.1:${port}/?command=${encodeURIComponent(command)}`);
+    await once(socket, "open");
+    const listeners: ((data: Uint8Array) => void)[] = [];
+    socket.on("message", (data: Buffer) => {
+      for (const l of listeners) l(data);
+    });
+    return {
+      write: (data) => socket.send(data),
+      onData: (l) => listeners.push(l),
+      async close() {
+        socket.close();
+      },
+    };
+  };
+}
+
+function attachOpener(client: Client<typeof TerminalService>) {
+  return async (command: string): Promise<Target> => {
+    const requests = new Channel<AttachRequest>();
+    requests.push(
+      create(AttachRequestSchema, {
+        kind: { case: "open", value: { target: { case: "create", value: { command: ["bash", "-c", command] } } } },
+      }),
+    );
+    const abort = new AbortController();
+    const listeners: ((data: Uint8Array) => void)[] = [];
+    let attached: () => void = () => {};
+    const ready = new Promise<void>((resolve) => {
+      attached = resolve;
+    });
+    void (async () => {
+      for await (const res of client.attach(requests, { signal: abort.signal })) {
+        if (res.event.case === "attached") attached();
+        if (res.event.case === "output") for (const l of listeners) l(res.event.value.data);
+      }
+    })().catch(() => {});
+    await ready;
+    return {
+      write: (data) => requests.push(create(AttachRequestSchema, { kind: { case: "input", value: { data } } })),
+      onData: (l) => listeners.push(l),
+      async close() {
+        abort.abort();
+      },
+    };
+  };
+}
+
+function browserOpener(client: Client<typeof TerminalService>) {
+  return async (command: string): Promise<Target> => {
+    const { session } = await client.createSession({ spec: { command: ["bash", "-c", command] } });
+    const sessionId = session?.id ?? "";
+    const abort = new AbortController();
+    const listeners: ((data: Uint8Array) => void)[] = [];
+    let attached: () => void = () => {};
+    const ready = new Promise<void>((resolve) => {
+      attached = resolve;
+    });
+    void (async () => {
+      for await (const res of client.streamOutput({ sessionId, fromOffset: 0n }, { signal: abort.signal })) {
+        if (res.event.case === "attached") attached();
+        if (res.event.case === "output") for (const l of listeners) l(res.event.value.data);
+      }
+    })().catch(() => {});
+    await ready;
+    let seq = 0n;
+    return {
+      write: (data) => client.writeInput({ sessionId, data, clientId: "bench", seq: ++seq }),
+      onData: (l) => listeners.push(l),
+      async close() {
+        abort.abort();
+        await client.closeSession({ sessionId, force: true }).catch(() => {});
+      },
+    };
+  };
+}
+
+async function rssMb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
+  return Math.round((kb / 1024) * 10) / 10;
+}
+
+async function makeFile(dir: string, bytes: number): Promise<string> {
+  const file = join(dir, "output.txt");
+  const out = createWriteStream(file);
+  const line = Buffer.from(`${"The quick brown fox jumps over the lazy dog 0123456789 ".repeat(2).slice(0, 99)}\n`);
+  const block = Buffer.concat(Array.from({ length: 1024 }, () => line));
+  for (let written = 0; written < bytes; written += block.length) {
+    if (!out.write(written + block.length <= bytes ? block : block.subarray(0, bytes - written))) {
+      await once(out, "drain");
+    }
+  }
+  out.end();
+  await once(out, "finish");
+  return file;
+}
+
+async function measure(name: string, open: (command: string) => Promise<Target>, file: string, bytes: number) {
+  const times = await roundTrips(open);
+  const mbs = await throughput(open, file, bytes);
+  const result: Result = {
+    target: name,
+    rtt_p50_us: Math.round(percentile(times, 50)),
+    rtt_p99_us: Math.round(percentile(times, 99)),
+    throughput_mb_s: Math.round(mbs * 10) / 10,
+  };
+  console.log(JSON.stringify(result));
+  return result;
+}
+
+async function startRunner(workspace: string): Promise<{ runner: SpawnedService; token: string }> {
+  const runner = await spawnService("runner/src/main.ts", ["--dev", "--workspace", workspace, "--log-level", "warn"]);
+  const line = runner.output.find((l) => l.includes("user token:"));
+  const token = line?.split("user token:")[1]?.trim();
+  if (!token) throw new Error(`runner printed no token:\n${runner.output.join("\n")}`);
+  return { runner, token };
+}
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), "devex-bench-"));
+  const bytes = megabytes * 1024 * 1024;
+  const file = await makeFile(dir, bytes);
+  const relay = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "ws-relay.ts")], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const port = Number((await once(createInterface({ input: relay.stdout }), "line"))[0]);
+  const { runner, token } = await startRunner(join(dir, "workspace"));
+  const auth: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const grpc = createClient(TerminalService, createGrpcTransport({ baseUrl: runner.url, interceptors: [auth] }));
+  const connect = createClient(
+    TerminalService,
+    createConnectTransport({ baseUrl: runner.url, httpVersion: "1.1", interceptors: [auth] }),
+  );
+  try {
+    const idleRss = await rssMb(runner.child.pid as number);
+    const alone = await measure("pty-alone", openPty, file, bytes);
+    const ws = await measure("ws-relay", wsOpener(port), file, bytes);
+    const attach = await measure("attach", attachOpener(grpc), file, bytes);
+    const browser = await measure("browser", browserOpener(connect), file, bytes);
+
+    for (let i = 0; i < 50; i++) await grpc.createSession({ spec: { sessionId: `idle-${i}` } });
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    const fiftyRss = await rssMb(runner.child.pid as number);
+    console.log(JSON.stringify({ target: "runner-memory", idle_rss_mb: idleRss, sessions_50_rss_mb: fiftyRss }));
+
+    const ratios = {
+      attach_p50_vs_ws: Math.round((attach.rtt_p50_us / ws.rtt_p50_us) * 100) / 100,
+      attach_p99_us: attach.rtt_p99_us,
+      attach_throughput_vs_pty: Math.round((attach.throughput_mb_s / alone.throughput_mb_s) * 100) / 100,
+      browser_p50_vs_ws: Math.round((browser.rtt_p50_us / ws.rtt_p50_us) * 100) / 100,
+      idle_rss_mb: idleRss,
+      sessions_50_rss_mb: fiftyRss,
+    };
+    const pass = {
+      attach_p50_at_most_1_5x_ws: ratios.attach_p50_vs_ws <= 1.5,
+      attach_p99_under_1ms: ratios.attach_p99_us < 1000,
+      attach_throughput_at_least_0_9x_pty: ratios.attach_throughput_vs_pty >= 0.9,
+      browser_p50_at_most_3x_ws: ratios.browser_p50_vs_ws <= 3,
+      idle_rss_under_80mb: idleRss < 80,
+      sessions_50_rss_under_200mb: fiftyRss < 200,
+    };
+    console.log(JSON.stringify({ target: "ratios", ...ratios, pass }));
+  } finally {
+    relay.kill();
+    await runner.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,31 @@
+/** Variables of the runner's own environment that programs in the workspace inherit. */
+const inherited = ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+
+/**
+ * The environment programs in the workspace start from: a few well-known variables of the
+ * runner's own environment (never its configuration or secrets), the terminal type, and
+ * where the workspace is; `extra` is added last and wins.
+ */
+export function workspaceEnvironment(
+  workspace: string,
+  replId: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of inherited) {
+    const value = process.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
+  env.LANG ??= "C.UTF-8";
+  env.TERM = "xterm-256color";
+  env.COLORTERM = "truecolor";
+  env.DEVEX_WORKSPACE = workspace;
+  env.DEVEX_REPL_ID = replId;
+  return { ...env, ...extra };
+}
+
+/** The shell that sessions without a command run, as a login shell. */
+export function defaultShell(): string[] {
+  return [process.env.SHELL || "/bin/bash", "-l"];
+}

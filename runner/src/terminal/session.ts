@@ -1,0 +1,260 @@
+import { constants } from "node:os";
+import { Code, ConnectError } from "@connectrpc/connect";
+import * as pty from "node-pty";
+import type { Activity } from "../activity.js";
+import { InputSequencer } from "./input-order.js";
+import { ScreenModel } from "./screen.js";
+import { Scrollback } from "./scrollback.js";
+
+/** How a session's program ended. */
+export interface SessionExit {
+  exitCode?: number;
+  /** The signal name (`SIGHUP`) if a signal ended it. */
+  signal?: string;
+  at: Date;
+  /** The output offset at exit: every byte of output comes before it. */
+  offset: number;
+  /** Why the runner ended it, if it did (`closed`, `detached lifetime over`, `runner shutdown`). */
+  reason: string;
+}
+
+/** What a new session runs and how. */
+export interface SessionSpec {
+  id: string;
+  label: string;
+  /** argv; the first element is looked up in PATH. */
+  command: string[];
+  /** The working directory, already confined to the workspace. */
+  cwd: string;
+  /** The same directory relative to the workspace root ("." for the root), for display. */
+  relativeCwd: string;
+  env: Record<string, string>;
+  cols: number;
+  rows: number;
+  /** How long the session lives with no client attached, in ms. */
+  detachedLifetimeMs: number;
+}
+
+/** Runner-wide settings and hooks a session needs. */
+export interface SessionEnvironment {
+  scrollbackBytes: number;
+  activity: Activity;
+  /** Called once when the program has exited. */
+  onExit(session: TerminalSession): void;
+  /** Called when the session has had no client for its detached lifetime. */
+  onDetachedTooLong(session: TerminalSession): void;
+}
+
+/**
+ * One PTY session: the program, the scrollback of its output, a model of its screen, and
+ * the clients attached to it. Output is appended to the scrollback and each client reads
+ * it at its own pace from its own offset, so a slow client never holds up the PTY or the
+ * other clients, and every client sees the bytes in order.
+ */
+export class TerminalSession {
+  readonly id: string;
+  readonly label: string;
+  readonly command: string[];
+  readonly cwd: string;
+  readonly relativeCwd: string;
+  readonly createdAt = new Date();
+  readonly detachedLifetimeMs: number;
+  readonly scrollback: Scrollback;
+  readonly screen: ScreenModel;
+  readonly input: InputSequencer;
+  cols: number;
+  rows: number;
+  lastActivityAt = new Date();
+  exit: SessionExit | undefined;
+  /** Bumped on every resize, so clients can tell they have a resize to report. */
+  resizeCount = 0;
+  private clients = 0;
+  private lastDetachAt = Date.now();
+  private readonly pty: pty.IPty;
+  private readonly waiters = new Set<() => void>();
+  private detachTimer: NodeJS.Timeout | undefined;
+  private exitReason = "";
+  private readonly exited: Promise<void>;
+
+  constructor(
+    spec: SessionSpec,
+    private readonly env: SessionEnvironment,
+  ) {
+    this.id = spec.id;
+    this.label = spec.label;
+    this.command = spec.command;
+    this.cwd = spec.cwd;
+    this.relativeCwd = spec.relativeCwd;
+    this.cols = spec.cols;
+    this.rows = spec.rows;
+    this.detachedLifetimeMs = spec.detachedLifetimeMs;
+    this.scrollback = new Scrollback(env.scrollbackBytes);
+    this.screen = new ScreenModel(this.scrollback, spec.cols, spec.rows);
+    this.input = new InputSequencer((data) => this.write(data), { waitMs: 10_000, maxClients: 1024 });
+    const [file, ...args] = spec.command as [string, ...string[]];
+    this.pty = pty.spawn(file, args, {
+      name: "xterm-256color",
+      cols: spec.cols,
+      rows: spec.rows,
+      cwd: spec.cwd,
+      env: spec.env,
+      encoding: null,
+    });
+    this.pty.onData((data) => this.onOutput(data as unknown as Buffer));
+    this.exited = new Promise((resolve) => {
+      this.pty.onExit(({ exitCode, signal }) => {
+        this.exit = {
+          exitCode: signal ? undefined : exitCode,
+          signal: signal ? signalName(signal) : undefined,
+          at: new Date(),
+          offset: this.scrollback.end,
+          reason: this.exitReason,
+        };
+        clearTimeout(this.detachTimer);
+        this.input.close(new ConnectError(`session "${this.id}" has exited`, Code.FailedPrecondition));
+        this.wake();
+        env.onExit(this);
+        resolve();
+      });
+    });
+    this.armDetachTimer();
+  }
+
+  /** The process id of the program. */
+  get pid(): number {
+    return this.pty.pid;
+  }
+
+  /** Clients attached right now. */
+  get attachedClients(): number {
+    return this.clients;
+  }
+
+  /** When the session will be closed for having no client, if no client attaches first. */
+  get expiresAt(): Date | undefined {
+    if (this.exit || this.clients > 0) return undefined;
+    return new Date(this.lastDetachAt + this.detachedLifetimeMs);
+  }
+
+  private onOutput(data: Buffer): void {
+    this.scrollback.append(data);
+    this.screen.onOutput();
+    this.lastActivityAt = new Date();
+    this.env.activity.touch();
+    this.wake();
+  }
+
+  /** Writes input to the program, in the order of calls. */
+  write(data: Uint8Array): void {
+    if (this.exit) throw new ConnectError(`session "${this.id}" has exited`, Code.FailedPrecondition);
+    this.pty.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    this.lastActivityAt = new Date();
+    this.env.activity.touch();
+  }
+
+  /** Sets the terminal size; every client is told through {@link resizeCount}. */
+  resize(cols: number, rows: number): void {
+    if (this.exit) throw new ConnectError(`session "${this.id}" has exited`, Code.FailedPrecondition);
+    if (cols === this.cols && rows === this.rows) return;
+    this.pty.resize(cols, rows);
+    this.cols = cols;
+    this.rows = rows;
+    this.screen.noteResize(this.scrollback.end, cols, rows);
+    this.resizeCount++;
+    this.wake();
+  }
+
+  /** Counts a client as attached until the returned function is called. */
+  attach(): () => void {
+    this.clients++;
+    clearTimeout(this.detachTimer);
+    const detachActivity = this.env.activity.attach();
+    let detached = false;
+    return () => {
+      if (detached) return;
+      detached = true;
+      this.clients--;
+      detachActivity();
+      if (this.clients === 0) {
+        this.lastDetachAt = Date.now();
+        this.armDetachTimer();
+      }
+    };
+  }
+
+  private armDetachTimer(): void {
+    if (this.exit || this.clients > 0) return;
+    clearTimeout(this.detachTimer);
+    this.detachTimer = setTimeout(() => this.env.onDetachedTooLong(this), this.detachedLifetimeMs);
+    this.detachTimer.unref();
+  }
+
+  /**
+   * Resolves when there is new output, a resize or the exit, or when `timeoutMs` passes
+   * or the signal aborts, whichever comes first.
+   */
+  changed(timeoutMs: number, signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", done);
+        this.waiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      signal.addEventListener("abort", done, { once: true });
+      this.waiters.add(done);
+    });
+  }
+
+  private wake(): void {
+    for (const waiter of [...this.waiters]) waiter();
+  }
+
+  /**
+   * Ends the program: `signal` first (unless forced), SIGKILL after the grace period.
+   * Resolves once it has exited.
+   */
+  async close(signal: NodeJS.Signals, graceMs: number, reason: string): Promise<{ killed: boolean }> {
+    if (this.exit) return { killed: false };
+    this.exitReason = reason;
+    this.sendSignal(signal);
+    if (signal === "SIGKILL") {
+      await this.exited;
+      return { killed: true };
+    }
+    let killed = false;
+    const timer = setTimeout(() => {
+      killed = true;
+      this.sendSignal("SIGKILL");
+    }, graceMs);
+    await this.exited;
+    clearTimeout(timer);
+    return { killed };
+  }
+
+  /** Signals the session's process group (the shell and what it runs in the foreground). */
+  private sendSignal(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.pty.pid, signal);
+    } catch {
+      try {
+        this.pty.kill(signal);
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  /** Frees the screen model (after the session is removed). */
+  dispose(): void {
+    clearTimeout(this.detachTimer);
+    this.screen.dispose();
+  }
+}
+
+/** The name of a signal number (`SIGHUP` for 1). */
+export function signalName(signal: number): string {
+  for (const [name, value] of Object.entries(constants.signals)) if (value === signal) return name;
+  return `SIG${signal}`;
+}

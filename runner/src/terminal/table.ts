@@ -1,0 +1,180 @@
+import { randomBytes } from "node:crypto";
+import { access, constants, realpath, stat } from "node:fs/promises";
+import { isAbsolute, relative, resolve, sep } from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { assertAcceptingWork, type RunnerContext } from "../context.js";
+import { defaultShell, workspaceEnvironment } from "../environment.js";
+import { TerminalSession } from "./session.js";
+
+/** What a caller asks for when creating a session; zero values mean defaults. */
+export interface SessionRequest {
+  id: string;
+  label: string;
+  command: string[];
+  cwd: string;
+  env: Record<string, string>;
+  cols: number;
+  rows: number;
+  detachedLifetimeMs: number;
+}
+
+interface Entry {
+  session: TerminalSession;
+  /** Creation order, for stable pagination. */
+  seq: number;
+  removeTimer?: NodeJS.Timeout;
+}
+
+/**
+ * The sessions of a runner: creates them within the limits, closes those left without a
+ * client for too long, and keeps exited ones listed (with their exit status) for the
+ * configured retention.
+ */
+export class SessionTable {
+  private readonly entries = new Map<string, Entry>();
+  private seq = 0;
+
+  constructor(private readonly ctx: RunnerContext) {}
+
+  /** Sessions in creation order. */
+  list(): { session: TerminalSession; seq: number }[] {
+    return [...this.entries.values()];
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** The session with this id; NOT_FOUND otherwise. */
+  get(id: string): TerminalSession {
+    const entry = this.entries.get(id);
+    if (!entry) throw new ConnectError(`no terminal session "${id}"`, Code.NotFound);
+    return entry.session;
+  }
+
+  /** Whether a session with this id exists. */
+  has(id: string): boolean {
+    return this.entries.has(id);
+  }
+
+  /** Starts a session. */
+  async create(request: SessionRequest): Promise<TerminalSession> {
+    assertAcceptingWork(this.ctx);
+    const { config } = this.ctx;
+    const running = this.list().filter((e) => !e.session.exit).length;
+    if (running >= config.maxSessions) {
+      throw new ConnectError(`the runner already has ${running} sessions (the limit)`, Code.ResourceExhausted);
+    }
+    const id = request.id || `s-${randomBytes(6).toString("hex")}`;
+    if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
+    const cwd = await this.resolveCwd(request.cwd);
+    const command = request.command.length > 0 ? request.command : defaultShell();
+    const env = workspaceEnvironment(this.ctx.workspace, this.ctx.replId, request.env);
+    await assertExecutable(command[0] as string, cwd, env.PATH ?? "");
+    if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
+    let session: TerminalSession;
+    try {
+      session = new TerminalSession(
+        {
+          id,
+          label: request.label,
+          command,
+          cwd,
+          relativeCwd: relative(this.ctx.workspace, cwd).split(sep).join("/") || ".",
+          env,
+          cols: request.cols || 80,
+          rows: request.rows || 24,
+          detachedLifetimeMs: request.detachedLifetimeMs || config.detachedSessionLifetimeMs,
+        },
+        {
+          scrollbackBytes: config.scrollbackBytes,
+          activity: this.ctx.activity,
+          onExit: (s) => this.retain(s),
+          onDetachedTooLong: (s) => {
+            this.ctx.logger.info({ session: s.id }, "closing a session left without a client");
+            void s.close("SIGHUP", 5_000, "no client attached for the detached lifetime");
+          },
+        },
+      );
+    } catch (error) {
+      throw new ConnectError(
+        `cannot start ${JSON.stringify(command[0])}: ${(error as Error).message}`,
+        Code.Internal,
+        undefined,
+        undefined,
+        error,
+      );
+    }
+    this.entries.set(id, { session, seq: ++this.seq });
+    this.ctx.logger.info({ session: id, pid: session.pid }, "terminal session started");
+    return session;
+  }
+
+  /** Ends a session (if running) and removes it. */
+  async close(id: string, signal: NodeJS.Signals, graceMs: number): Promise<TerminalSession> {
+    const session = this.get(id);
+    await session.close(signal, graceMs, "closed");
+    this.remove(id);
+    return session;
+  }
+
+  /** Ends every running session; resolves with how many were closed and how many killed. */
+  async shutdown(graceMs: number): Promise<{ closed: number; killed: number }> {
+    const running = this.list().filter((e) => !e.session.exit);
+    const results = await Promise.all(running.map((e) => e.session.close("SIGHUP", graceMs, "runner shutdown")));
+    return { closed: running.length, killed: results.filter((r) => r.killed).length };
+  }
+
+  private retain(session: TerminalSession): void {
+    const entry = this.entries.get(session.id);
+    if (!entry || entry.session !== session) return;
+    entry.removeTimer = setTimeout(() => this.remove(session.id), this.ctx.config.exitRetentionMs);
+    entry.removeTimer.unref();
+  }
+
+  private remove(id: string): void {
+    const entry = this.entries.get(id);
+    if (!entry) return;
+    clearTimeout(entry.removeTimer);
+    entry.session.dispose();
+    this.entries.delete(id);
+  }
+
+  /** Resolves a working directory inside the workspace (after symlinks); refuses escapes. */
+  private async resolveCwd(path: string): Promise<string> {
+    const root = this.ctx.workspace;
+    const wanted = path ? (isAbsolute(path) ? path : resolve(root, path)) : root;
+    let real: string;
+    try {
+      real = await realpath(wanted);
+    } catch {
+      throw new ConnectError(`working directory "${path}" does not exist`, Code.NotFound);
+    }
+    const rel = relative(root, real);
+    if (rel === ".." || rel.startsWith(`..${sep}`) || isAbsolute(rel)) {
+      throw new ConnectError(`working directory "${path}" is outside the workspace`, Code.PermissionDenied);
+    }
+    if (!(await stat(real)).isDirectory()) {
+      throw new ConnectError(`working directory "${path}" is not a directory`, Code.FailedPrecondition);
+    }
+    return real;
+  }
+}
+
+/**
+ * Fails with NOT_FOUND unless `file` names an executable: looked up in PATH unless it
+ * contains a "/" (then relative to the working directory). A PTY reports a failed exec
+ * only as an exit status, so the check is made before spawning.
+ */
+async function assertExecutable(file: string, cwd: string, path: string): Promise<void> {
+  const candidates = file.includes("/") ? [resolve(cwd, file)] : path.split(":").filter(Boolean).map((dir) => resolve(dir, file));
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, constants.X_OK);
+      if ((await stat(candidate)).isFile()) return;
+    } catch {
+      // not this one
+    }
+  }
+  throw new ConnectError(`command "${file}" not found or not executable`, Code.NotFound);
+}
