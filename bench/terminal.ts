@@ -34,7 +34,7 @@ const echoCommand = "stty raw -echo; exec cat";
 
 /** A terminal under test: write bytes, get output bytes through a callback. */
 interface Target {
-  write(data: Uint8Array): void | Promise<unknown>;
+  write(data: Uint8Array): unknown;
   onData(listener: (data: Uint8Array) => void): void;
   close(): Promise<void>;
 }
@@ -233,7 +233,7 @@ async function measure(name: string, open: (command: string) => Promise<Target>,
 }
 
 async function startRunner(workspace: string): Promise<{ runner: SpawnedService; token: string }> {
-  const runner = await spawnService("runner/src/main.ts", ["--dev", "--workspace", workspace, "--log-level", "warn"]);
+  const runner = await spawnService("runner/src/main.ts", ["--dev", "--workspace", workspace]);
   const line = runner.output.find((l) => l.includes("user token:"));
   const token = line?.split("user token:")[1]?.trim();
   if (!token) throw new Error(`runner printed no token:\n${runner.output.join("\n")}`);

@@ -17,5 +17,5 @@ server.on("connection", (socket, request) => {
 });
 server.on("listening", () => {
   const address = server.address();
-  if (typeof address === "object") console.log(address.port);
+  if (address && typeof address === "object") console.log(address.port);
 });

@@ -1,6 +1,6 @@
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
-import { bearerToken, type RunnerTokenClaims, verifyRunnerToken } from "@devex/kit";
 import { RunnerService } from "@devex/gen/devex/runner/v1/runner_pb.js";
+import { bearerToken, type RunnerTokenClaims, verifyRunnerToken } from "@devex/kit";
 import type { CryptoKey } from "jose";
 
 /** The verified claims of the caller's runner token. */

@@ -13,6 +13,12 @@ export const runnerSettings = {
     schema: z.string().min(1, "must not be empty").default(".devex/runner/workspace"),
     description: "The workspace directory this runner serves (created if missing). Default .devex/runner/workspace.",
   }),
+  home: setting({
+    flag: "home",
+    env: "DEVEX_RUNNER_HOME",
+    schema: z.string().min(1, "must not be empty").optional(),
+    description: "HOME of the programs the runner starts (the workspace user's home). Default: the runner's own HOME.",
+  }),
   replId: setting({
     flag: "repl-id",
     env: "DEVEX_REPL_ID",
@@ -29,9 +35,7 @@ export const runnerSettings = {
     flag: "dev",
     env: "DEVEX_RUNNER_DEV",
     boolean: true,
-    schema: z
-      .union([z.boolean(), z.stringbool({ error: "must be true or false" })])
-      .default(false),
+    schema: z.union([z.boolean(), z.stringbool({ error: "must be true or false" })]).default(false),
     description: "Standalone development mode: makes a key pair (and a repl id if none) and prints tokens it accepts.",
   }),
   scrollbackBytes: setting({
@@ -51,7 +55,8 @@ export const runnerSettings = {
     flag: "detached-session-lifetime-ms",
     env: "DEVEX_RUNNER_DETACHED_SESSION_LIFETIME_MS",
     schema: durationMsSchema(1_000, 7 * 24 * 3_600_000).default(5 * 60_000),
-    description: "How long a terminal session with no client lives on, in ms, unless it asks otherwise. Default 300000.",
+    description:
+      "How long a terminal session with no client lives on, in ms, unless it asks otherwise. Default 300000.",
   }),
   maxSessions: setting({
     flag: "max-sessions",
@@ -75,7 +80,8 @@ export const runnerSettings = {
     flag: "exit-retention-ms",
     env: "DEVEX_RUNNER_EXIT_RETENTION_MS",
     schema: durationMsSchema(60_000, 24 * 3_600_000).default(5 * 60_000),
-    description: "How long an exited process or session stays listed with its exit status, in ms (at least 60000). Default 300000.",
+    description:
+      "How long an exited process or session stays listed with its exit status, in ms (at least 60000). Default 300000.",
   }),
   keepaliveMs: setting({
     flag: "keepalive-ms",

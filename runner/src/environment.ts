@@ -1,21 +1,21 @@
+import type { RunnerContext } from "./context.js";
+
 /** Variables of the runner's own environment that programs in the workspace inherit. */
-const inherited = ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+const inherited = ["PATH", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
 
 /**
  * The environment programs in the workspace start from: a few well-known variables of the
- * runner's own environment (never its configuration or secrets), the terminal type, and
- * where the workspace is; `extra` is added last and wins.
+ * runner's own environment (never its configuration or secrets), the workspace user's
+ * home, the terminal type, and where the workspace is; `extra` is added last and wins.
  */
-export function workspaceEnvironment(
-  workspace: string,
-  replId: string,
-  extra: Record<string, string> = {},
-): Record<string, string> {
+export function workspaceEnvironment(ctx: RunnerContext, extra: Record<string, string> = {}): Record<string, string> {
+  const { workspace, replId } = ctx;
   const env: Record<string, string> = {};
   for (const name of inherited) {
     const value = process.env[name];
     if (value !== undefined) env[name] = value;
   }
+  if (ctx.config.home) env.HOME = ctx.config.home;
   env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
   env.LANG ??= "C.UTF-8";
   env.TERM = "xterm-256color";

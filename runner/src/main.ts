@@ -29,6 +29,7 @@ await runMain({
       shutdownGraceMs: config.shutdownGraceMs,
       routes: runner.routes,
       interceptors: runner.interceptors,
+      compression: false,
     });
     return {
       async close() {

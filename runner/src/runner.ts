@@ -2,7 +2,6 @@ import { mkdir, readFile, realpath } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
-import { signRunnerToken } from "@devex/kit";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { ProcessService } from "@devex/gen/devex/runner/v1/process_pb.js";
 import {
@@ -12,6 +11,7 @@ import {
   ShutdownResponseSchema,
 } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { signRunnerToken } from "@devex/kit";
 import { type CryptoKey, exportSPKI, generateKeyPair, importSPKI } from "jose";
 import type { Logger } from "pino";
 import { Activity } from "./activity.js";

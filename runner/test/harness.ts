@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
@@ -33,6 +33,7 @@ export interface TestRunner {
 /** Starts a runner for a test; `argv` takes runner flags (`--scrollback-bytes`, ...). */
 export async function startTestRunner(argv: string[] = []): Promise<TestRunner> {
   const root = await mkdtemp(join(tmpdir(), "devex-runner-test-"));
+  await mkdir(join(root, "home"));
   const { publicKey, privateKey } = await generateKeyPair("EdDSA", { crv: "Ed25519", extractable: true });
   const replId = `repl_${"t".repeat(10)}${Math.random().toString(36).slice(2, 18).padEnd(16, "0")}`;
   const config = loadConfig(runnerSettings, {
@@ -41,6 +42,9 @@ export async function startTestRunner(argv: string[] = []): Promise<TestRunner> 
       "0",
       "--workspace",
       join(root, "workspace"),
+      // Login shells read HOME's profile; tests keep the machine's own profile out of it.
+      "--home",
+      join(root, "home"),
       "--repl-id",
       replId,
       `--token-public-key=${await exportSPKI(publicKey)}`,

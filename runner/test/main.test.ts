@@ -1,3 +1,5 @@
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { ProcessService } from "@devex/gen/devex/runner/v1/process_pb.js";
 import { RunnerService } from "@devex/gen/devex/runner/v1/runner_pb.js";
@@ -9,7 +11,11 @@ const services = [TerminalService, FilesystemService, ProcessService, RunnerServ
 let runner: SpawnedService;
 
 beforeAll(async () => {
-  runner = await spawnService("runner/src/main.ts");
+  runner = await spawnService("runner/src/main.ts", [
+    "--dev",
+    "--workspace",
+    join(tmpdir(), `devex-main-test-${process.pid}`),
+  ]);
 });
 afterAll(async () => {
   expect(await runner.stop()).toBe(0);

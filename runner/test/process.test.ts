@@ -43,14 +43,11 @@ class Follower {
   stdout = "";
   stderr = "";
   exited: ProcessExited | undefined;
-  ended = false;
+  private readonly abort = new AbortController();
   private readonly iterator: AsyncIterator<{ event: AnyEvent }>;
 
-  constructor(
-    stream: AsyncIterable<{ event: AnyEvent }>,
-    readonly abort = new AbortController(),
-  ) {
-    this.iterator = stream[Symbol.asyncIterator]();
+  constructor(call: (signal: AbortSignal) => AsyncIterable<{ event: AnyEvent }>) {
+    this.iterator = call(this.abort.signal)[Symbol.asyncIterator]();
   }
 
   /** The values of every event of one kind, in order. */
@@ -61,10 +58,7 @@ class Follower {
   /** Reads the next event; false at the end of the stream. */
   async next(): Promise<boolean> {
     const result = await this.iterator.next();
-    if (result.done) {
-      this.ended = true;
-      return false;
-    }
+    if (result.done) return false;
     const { event } = result.value;
     this.events.push(event);
     if (event.case === "stdout") this.stdout += text((event.value as { data: Uint8Array }).data);
@@ -95,13 +89,11 @@ class Follower {
 type StartRequest = Parameters<Client<typeof ProcessService>["startProcess"]>[0];
 
 function start(request: StartRequest, c = client): Follower {
-  const abort = new AbortController();
-  return new Follower(c.startProcess(request, { signal: abort.signal }), abort);
+  return new Follower((signal) => c.startProcess(request, { signal }));
 }
 
 function connect(request: Parameters<Client<typeof ProcessService>["connectProcess"]>[0]): Follower {
-  const abort = new AbortController();
-  return new Follower(client.connectProcess(request, { signal: abort.signal }), abort);
+  return new Follower((signal) => client.connectProcess(request, { signal }));
 }
 
 /** Starts a process, waits for its `started` event and returns its info; the stream stays open. */
@@ -137,11 +129,7 @@ async function poll<T>(read: () => Promise<T> | T, ok: (value: T) => boolean, wh
 }
 
 async function get(selector: { pid: number } | { tag: string }): Promise<ProcessInfo> {
-  const process =
-    "pid" in selector
-      ? { selector: { case: "pid" as const, value: selector.pid } }
-      : { selector: { case: "tag" as const, value: selector.tag } };
-  const res = await client.getProcess({ process });
+  const res = await client.getProcess({ process: "pid" in selector ? byPid(selector.pid) : byTag(selector.tag) });
   if (!res.process) throw new Error("no process in response");
   return res.process;
 }
@@ -162,19 +150,15 @@ async function waitExited(selector: { pid: number } | { tag: string }): Promise<
   );
 }
 
-/** Whether a pid is a live process (a zombie is dead: it only waits to be reaped). */
-async function alive(pid: number): Promise<boolean> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
-  } catch {
-    return false;
-  }
-}
-
+/** The state letter of a pid in /proc (R, S, T, Z...); throws if there is no such process. */
 async function procState(pid: number): Promise<string> {
   const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-  return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  return stat.charAt(stat.lastIndexOf(")") + 2);
+}
+
+/** Whether a pid is a live process. A zombie counts as dead: it only waits to be reaped. */
+async function alive(pid: number): Promise<boolean> {
+  return (await procState(pid).catch(() => "Z")) !== "Z";
 }
 
 describe("StartProcess", () => {
@@ -337,17 +321,24 @@ describe("stdin", () => {
 
 describe("SignalProcess", () => {
   it("delivers every signal kind, to the process or its group", async () => {
-    const trapped = ["TERM", "INT", "HUP", "USR1", "USR2", "QUIT", "WINCH"] as const;
-    const shell = `for s in ${trapped.join(" ")}; do trap "echo got $s" $s; done; echo ready; while :; do sleep 0.1; done`;
+    const trapped = {
+      TERM: Signal.TERM,
+      INT: Signal.INT,
+      HUP: Signal.HUP,
+      USR1: Signal.USR1,
+      USR2: Signal.USR2,
+      QUIT: Signal.QUIT,
+      WINCH: Signal.WINCH,
+    };
+    const names = Object.keys(trapped).join(" ");
+    const shell = `for s in ${names}; do trap "echo got $s" $s; done; echo ready; while :; do sleep 0.1; done`;
     const f = start({ config: { shell } });
     const info = await started(f);
     await f.until((x) => x.stdout.includes("ready\n"), "ready");
-    const signals = { TERM: Signal.TERM, INT: Signal.INT, HUP: Signal.HUP, USR1: Signal.USR1, USR2: Signal.USR2 };
-    const all = { ...signals, QUIT: Signal.QUIT, WINCH: Signal.WINCH };
-    let group = false;
-    for (const name of trapped) {
-      group = !group;
-      const res = await client.signalProcess({ process: byPid(info.pid), signal: all[name], processGroup: group });
+    let processGroup = false;
+    for (const [name, signal] of Object.entries(trapped)) {
+      processGroup = !processGroup;
+      const res = await client.signalProcess({ process: byPid(info.pid), signal, processGroup });
       expect(res.process?.state).toBe(ProcessState.RUNNING);
       await f.until((x) => x.stdout.includes(`got ${name}\n`), `the trap of ${name}`);
     }
@@ -702,7 +693,7 @@ describe("ListProcesses", () => {
     let now = 1_000_000;
     const manager = new ProcessManager({
       workspace: t.workspace,
-      environment: (extra) => workspaceEnvironment(t.workspace, t.replId, extra),
+      environment: (extra) => workspaceEnvironment(t.runner.context, extra),
       logger: createLogger({ service: "test", level: "silent" }),
       maxProcesses: 10,
       outputCapBytes: 4096,

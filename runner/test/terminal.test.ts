@@ -1,9 +1,9 @@
-import { SerializeAddon } from "@xterm/addon-serialize";
-import xtermHeadless from "@xterm/headless";
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { Signal } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { AttachRequestSchema, SessionState, TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { SerializeAddon } from "@xterm/addon-serialize";
+import xtermHeadless from "@xterm/headless";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AttachClient, plainBash } from "./attach-client.js";
 import { startTestRunner, type TestRunner } from "./harness.js";
@@ -38,7 +38,9 @@ async function render(cols: number, rows: number, ...chunks: Uint8Array[]): Prom
 
 describe("Attach", () => {
   it("types into a real shell and streams its output back", async () => {
-    const c = new AttachClient(terminal, { target: { case: "create", value: { sessionId: newId(), command: plainBash } } as never });
+    const c = new AttachClient(terminal, {
+      target: { case: "create", value: { sessionId: newId(), command: plainBash } } as never,
+    });
     c.type("echo $((6 * 7))-answer\r");
     await c.waitForText("42-answer");
     const attached = c.of("attached")[0];
@@ -69,7 +71,10 @@ describe("Attach", () => {
   it("keeps input order exactly and gives two clients the same bytes", async () => {
     const id = newId();
     const a = new AttachClient(terminal, {
-      target: { case: "create", value: { sessionId: id, command: ["bash", "-c", "stty raw -echo; exec cat"] } } as never,
+      target: {
+        case: "create",
+        value: { sessionId: id, command: ["bash", "-c", "stty raw -echo; exec cat"] },
+      } as never,
     });
     await a.until((c) => c.of("attached").length === 1, "attached");
     const b = new AttachClient(terminal, { target: { case: "sessionId", value: id }, fromOffset: 0n });
@@ -88,7 +93,9 @@ describe("Attach", () => {
 
   it("delivers the exit status to every attached client", async () => {
     const id = newId();
-    const a = new AttachClient(terminal, { target: { case: "create", value: { sessionId: id, command: plainBash } } as never });
+    const a = new AttachClient(terminal, {
+      target: { case: "create", value: { sessionId: id, command: plainBash } } as never,
+    });
     await a.until((c) => c.of("attached").length === 1, "attached");
     const b = new AttachClient(terminal, { target: { case: "sessionId", value: id } });
     await b.until((c) => c.of("attached").length === 1, "attached");
@@ -106,7 +113,9 @@ describe("Attach", () => {
 
   it("replays exactly what a client missed when it reattaches from an offset", async () => {
     const id = newId();
-    const a = new AttachClient(terminal, { target: { case: "create", value: { sessionId: id, command: plainBash } } as never });
+    const a = new AttachClient(terminal, {
+      target: { case: "create", value: { sessionId: id, command: plainBash } } as never,
+    });
     a.type("echo first-part\r");
     await a.waitForText("first-part\r\n");
     await a.until((c) => c.text.endsWith("# ") || c.text.endsWith("$ "), "prompt");
@@ -128,7 +137,10 @@ describe("Attach", () => {
   it("says so when the offset has left the scrollback buffer", async () => {
     const id = newId();
     const a = new AttachClient(terminal, {
-      target: { case: "create", value: { sessionId: id, command: ["bash", "-c", "head -c 700000 /dev/zero | tr '\\0' x; sleep 30"] } } as never,
+      target: {
+        case: "create",
+        value: { sessionId: id, command: ["bash", "-c", "head -c 700000 /dev/zero | tr '\\0' x; sleep 30"] },
+      } as never,
     });
     await a.until((c) => c.endOffset >= 700_000n, "flood");
     const late = new AttachClient(terminal, { target: { case: "sessionId", value: id }, fromOffset: 10n });
@@ -182,7 +194,8 @@ describe("Attach", () => {
   it("never lets a stalled client hold up the PTY or the other clients", async () => {
     const id = newId();
     // About 3 MB in 300 bursts: far more than the 256 KiB scrollback, at a pace a reading client keeps up with.
-    const script = "read; for i in $(seq 1 300); do head -c 7500 /dev/urandom | base64 -w 100; sleep 0.002; done; echo END-OF-FLOOD; sleep 60";
+    const script =
+      "read; for i in $(seq 1 300); do head -c 7500 /dev/urandom | base64 -w 100; sleep 0.002; done; echo END-OF-FLOOD; sleep 60";
     // The stalled client has its own connection, as a real one would: HTTP/2 flow control
     // of a shared connection would otherwise stall the test's other client, not the runner.
     const stalled = new AttachClient(
@@ -230,7 +243,11 @@ describe("Attach", () => {
       ["unknown session", { target: { case: "sessionId", value: "nope" } }, Code.NotFound],
       ["cwd outside", { target: { case: "create", value: { cwd: "../.." } } as never }, Code.PermissionDenied],
       ["cwd missing", { target: { case: "create", value: { cwd: "no/such/dir" } } as never }, Code.NotFound],
-      ["no such command", { target: { case: "create", value: { command: ["definitely-not-a-command"] } } as never }, Code.NotFound],
+      [
+        "no such command",
+        { target: { case: "create", value: { command: ["definitely-not-a-command"] } } as never },
+        Code.NotFound,
+      ],
       ["bad id", { target: { case: "sessionId", value: "Bad_Id" } }, Code.InvalidArgument],
       ["cols without rows", { target: { case: "sessionId", value: "x" }, cols: 10 }, Code.InvalidArgument],
     ];
@@ -246,11 +263,15 @@ describe("Attach", () => {
     }
     const id = newId();
     await terminal.createSession({ spec: { sessionId: id, command: ["sleep", "30"] } });
-    await expect(terminal.createSession({ spec: { sessionId: id } })).rejects.toMatchObject({ code: Code.AlreadyExists });
+    await expect(terminal.createSession({ spec: { sessionId: id } })).rejects.toMatchObject({
+      code: Code.AlreadyExists,
+    });
     const beyond = await open({ target: { case: "sessionId", value: id }, fromOffset: 1_000_000n });
     expect(beyond?.code).toBe(Code.OutOfRange);
     const notOpen = new AttachClient(terminal, { target: { case: "sessionId", value: id } });
-    notOpen.send(create(AttachRequestSchema, { kind: { case: "open", value: { target: { case: "sessionId", value: id } } } }));
+    notOpen.send(
+      create(AttachRequestSchema, { kind: { case: "open", value: { target: { case: "sessionId", value: id } } } }),
+    );
     await notOpen.until((x) => x.done, "stream end");
     expect(ConnectError.from(notOpen.error).code).toBe(Code.InvalidArgument);
     await terminal.closeSession({ sessionId: id, force: true });
@@ -310,7 +331,8 @@ describe("the browser form", () => {
 describe("sessions", () => {
   it("lists with pagination and closes with a signal", async () => {
     const ids = [newId(), newId(), newId()];
-    for (const id of ids) await terminal.createSession({ spec: { sessionId: id, command: ["sleep", "30"], label: `L ${id}` } });
+    for (const id of ids)
+      await terminal.createSession({ spec: { sessionId: id, command: ["sleep", "30"], label: `L ${id}` } });
     const seen: string[] = [];
     let pageToken = "";
     do {
@@ -347,7 +369,10 @@ describe("sessions", () => {
   it("keeps a session alive while a client is attached", async () => {
     const id = newId();
     const c = new AttachClient(terminal, {
-      target: { case: "create", value: { sessionId: id, command: ["sleep", "30"], detachedLifetimeMs: 1_000 } } as never,
+      target: {
+        case: "create",
+        value: { sessionId: id, command: ["sleep", "30"], detachedLifetimeMs: 1_000 },
+      } as never,
     });
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     expect((await terminal.getSession({ sessionId: id })).session?.state).toBe(SessionState.RUNNING);

@@ -90,6 +90,11 @@ export class PendingFile {
     }
   }
 
+  /** Makes the content written so far durable (fsync). */
+  async flush(): Promise<void> {
+    await this.handle.sync();
+  }
+
   /**
    * Makes the new content durable (fsync), sets the mode, checks the condition against the
    * target as it is now, and moves the file into place: with rename(2), or for

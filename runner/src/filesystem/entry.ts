@@ -6,7 +6,7 @@ import { type Entry, EntrySchema, EntryType } from "@devex/gen/devex/runner/v1/f
 import type { Located, Resolver } from "./resolver.js";
 
 /** What kind of object a stat describes. */
-export function entryTypeOf(stats: BigIntStats): EntryType {
+function entryTypeOf(stats: BigIntStats): EntryType {
   if (stats.isFile()) return EntryType.FILE;
   if (stats.isDirectory()) return EntryType.DIRECTORY;
   if (stats.isSymbolicLink()) return EntryType.SYMLINK;

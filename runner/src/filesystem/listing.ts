@@ -9,20 +9,19 @@ import {
   type ListDirectoryResponse,
   ListDirectoryResponseSchema,
 } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
+import { defaultPageSize } from "../pagination.js";
 import { entryFromStats, targetTypeOf } from "./entry.js";
 import { errnoOf, pathError, toConnectError } from "./errors.js";
 import { joinRelative } from "./paths.js";
 import { Directory, type Resolver } from "./resolver.js";
 
-/** Entries per page when the request does not say. */
-const defaultPageSize = 100;
 /** The longest page token the contract lets a client send back. */
 const maxTokenLength = 1024;
 /** Cursors too long for a token that are kept in memory, oldest dropped first. */
 const maxStoredCursors = 10_000;
 
 /** Orders names bytewise (UTF-8), as the contract says, not by UTF-16 code units. */
-export function compareNames(a: string, b: string): number {
+function compareNames(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
 
@@ -103,12 +102,7 @@ export async function listDirectory(
     const fingerprint = fingerprintOf(located.rel, depth, req.includeHidden);
     const cursor = req.pageToken ? tokens.decode(req.pageToken, fingerprint) : undefined;
     const page: { entry: Entry; names: string[] }[] = [];
-    let dir: Directory;
-    try {
-      dir = await Directory.open(located.path);
-    } catch (error) {
-      throw toConnectError(error, req.path);
-    }
+    const dir = await located.openDirectory();
     try {
       await walk(dir, located.rel, []);
     } finally {

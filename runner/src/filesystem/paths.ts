@@ -1,10 +1,10 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 
 /** The longest request path accepted, in bytes (Linux's PATH_MAX). */
-export const maxPathBytes = 4096;
+const maxPathBytes = 4096;
 
 /** The longest single name in a path, in bytes (Linux's NAME_MAX). */
-export const maxNameBytes = 255;
+const maxNameBytes = 255;
 
 /**
  * Splits a request path into its components, relative to the workspace root. Nothing is
@@ -52,13 +52,6 @@ export function stripWorkspace(absolute: string, workspace: string): string | un
   if (absolute === workspace) return "";
   const prefix = workspace.endsWith("/") ? workspace : `${workspace}/`;
   return absolute.startsWith(prefix) ? absolute.slice(prefix.length) : undefined;
-}
-
-/** The workspace-relative form of a real absolute path inside the workspace: "." for the root. */
-export function relativeToWorkspace(absolute: string, workspace: string): string {
-  const inside = stripWorkspace(absolute, workspace);
-  if (inside === undefined) throw new Error(`${absolute} is not inside ${workspace}`);
-  return inside === "" ? "." : inside;
 }
 
 /** Joins a workspace-relative directory path and a name ("." + "a" is "a"). */

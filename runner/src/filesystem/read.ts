@@ -13,7 +13,7 @@ import { errnoOf, pathError, toConnectError } from "./errors.js";
 import type { Resolver } from "./resolver.js";
 
 /** The most ReadFile returns in one call, in bytes (4 MiB); larger reads use Download. */
-export const maxReadBytes = 4 * 1024 * 1024;
+const maxReadBytes = 4 * 1024 * 1024;
 
 // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
 const readFlags = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
@@ -56,9 +56,14 @@ export async function openForRead(resolver: Resolver, path: string): Promise<Ope
   });
 }
 
-/** Whether a file changed between two fstat calls on the same descriptor. */
+/**
+ * Whether a file's content changed between two fstat calls on the same descriptor. The
+ * status-change time is not compared: it also moves when the file is renamed over or
+ * unlinked (an atomic replace of the path), and the bytes behind the descriptor are then
+ * still the old ones.
+ */
 export function changedSince(before: BigIntStats, after: BigIntStats): boolean {
-  return before.size !== after.size || before.mtimeNs !== after.mtimeNs || before.ctimeNs !== after.ctimeNs;
+  return before.size !== after.size || before.mtimeNs !== after.mtimeNs;
 }
 
 /** Fills `buffer` from `position`, stopping early only at the end of the file; returns the bytes read. */
@@ -78,7 +83,8 @@ const readAttempts = 3;
 /**
  * ReadFile: reads a range (at most 4 MiB) so that the content and the version belong
  * together: the file is stat'ed before and after the read through the same descriptor, and
- * a file changed in between is read again.
+ * a file changed in between is read again. Without a length, what is left after the offset
+ * must fit in 4 MiB (so a large file can be read in ranges from any offset).
  */
 export async function readFileRange(resolver: Resolver, req: ReadFileRequest): Promise<ReadFileResponse> {
   const { handle, stats: opened, entry } = await openForRead(resolver, req.path);

@@ -12,13 +12,13 @@ import { basename } from "node:path";
 import { promisify } from "node:util";
 import { Code } from "@connectrpc/connect";
 import { errnoOf, pathError, toConnectError } from "./errors.js";
-import { joinRelative, relativeToWorkspace, splitRequestPath, stripWorkspace } from "./paths.js";
+import { joinRelative, splitRequestPath, stripWorkspace } from "./paths.js";
 
 /** Symlinks followed while resolving one path before giving up, as Linux does (MAXSYMLINKS). */
 const maxSymlinkHops = 40;
 
 /** Flags for opening a directory: never through a symlink at the last component. */
-export const directoryFlags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
+const directoryFlags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 
 const openFd = promisify(openCallback);
 const closeFd = promisify(closeCallback);
@@ -114,6 +114,11 @@ export interface Located {
   directoryOnly: boolean;
   /** A path that reaches the entry through the parent's descriptor. */
   path: string;
+  /**
+   * Opens the entry as a directory, without following a symlink; ABORTED if it was replaced
+   * since it was resolved (a symlink swapped in, say).
+   */
+  openDirectory(): Promise<Directory>;
   /** Releases the parent directory's descriptor. */
   close(): Promise<void>;
 }
@@ -137,6 +142,10 @@ export interface ResolveOptions {
  * /proc/self/fd and must still be inside the workspace. Operations then act on the entry
  * through that descriptor (see {@link Directory}) and open the entry itself with O_NOFOLLOW,
  * so a symlink swapped in after the walk makes them fail instead of leave the workspace.
+ *
+ * More than 40 symlinks in one resolution (a loop) is FAILED_PRECONDITION: the contract's
+ * table has no row for it, and it is a state of the filesystem, not a malformed argument.
+ * Mount points inside the workspace are taken as part of it, as they appear there.
  */
 export class Resolver {
   private readonly root: Directory;
@@ -180,11 +189,6 @@ export class Resolver {
     return parent === "/" ? `/${located.name}` : `${parent}/${located.name}`;
   }
 
-  /** The workspace-relative path of a real absolute path inside the workspace. */
-  relative(absolute: string): string {
-    return relativeToWorkspace(absolute, this.workspace);
-  }
-
   private async walk(parts: string[], display: string, options: ResolveOptions): Promise<Located> {
     const queue = parts.slice();
     let dir = this.root;
@@ -193,6 +197,8 @@ export class Resolver {
     let name: string | undefined;
     let stats: BigIntStats | undefined;
     let directoryOnly = false;
+    // The last component was looked at and was not there (as opposed to not looked at yet).
+    let missing = false;
     try {
       while (queue.length > 0) {
         const part = queue.shift() as string;
@@ -220,6 +226,7 @@ export class Resolver {
           if (last) {
             name = part;
             directoryOnly = slash;
+            missing = true;
             break;
           }
           if (!options.createParents) {
@@ -235,7 +242,16 @@ export class Resolver {
           if (++hops > maxSymlinkHops) {
             throw pathError(Code.FailedPrecondition, display, "has too many levels of symbolic links (a loop?)");
           }
-          const target = await readlink(dir.entry(part));
+          let target: string;
+          try {
+            target = await readlink(dir.entry(part));
+          } catch (error) {
+            // No longer a symlink (replaced since the lstat): look at it again.
+            const code = errnoOf(error);
+            if (code !== "EINVAL" && code !== "ENOENT") throw toConnectError(error, display);
+            queue.unshift(part);
+            continue;
+          }
           if (target.startsWith("/")) {
             const inside = stripWorkspace(target, this.workspace);
             if (inside === undefined) {
@@ -296,7 +312,7 @@ export class Resolver {
       if (inside === undefined) {
         throw pathError(Code.PermissionDenied, display, "leads outside the workspace (it was moved during the call)");
       }
-      if (stats === undefined) {
+      if (stats === undefined && !missing) {
         stats = await lstat(dir.entry(name), { bigint: true }).catch((error: unknown) => {
           if (errnoOf(error) === "ENOENT") return undefined;
           throw toConnectError(error, display);
@@ -331,6 +347,17 @@ export class Resolver {
       isRoot,
       directoryOnly,
       path: dir.entry(name),
+      async openDirectory() {
+        try {
+          return await Directory.open(dir.entry(name));
+        } catch (error) {
+          const code = errnoOf(error);
+          if (code === "ELOOP" || code === "ENOTDIR" || code === "ENOENT") {
+            throw pathError(Code.Aborted, display, "was replaced while it was being opened; try again", error);
+          }
+          throw toConnectError(error, display);
+        }
+      },
       close: () => dir.close(),
     };
   }

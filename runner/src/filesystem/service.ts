@@ -1,3 +1,4 @@
+import type { BigIntStats } from "node:fs";
 import { mkdir, rename, rmdir, unlink } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
@@ -50,14 +51,23 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
     }
   };
 
-  /** Resolves two paths (source and destination) and releases both afterwards. */
+  /**
+   * Resolves the source (without following a symlink there) and, once it is known to exist
+   * and not to be the root, the destination (so that a failed call creates no parents), and
+   * releases both afterwards.
+   */
   const withBoth = async <T>(
     source: string,
     destination: string,
     createParents: boolean,
-    fn: (src: Located, dst: Located) => Promise<T>,
+    fn: (src: Located & { stats: BigIntStats }, dst: Located) => Promise<T>,
   ): Promise<T> =>
-    resolver.with(source, {}, (src) => resolver.with(destination, { createParents }, (dst) => fn(src, dst)));
+    resolver.with(source, {}, async (src) => {
+      if (src.isRoot) throw pathError(Code.FailedPrecondition, source, "is the workspace root");
+      const { stats } = src;
+      if (!stats) throw pathError(Code.NotFound, source, "does not exist");
+      return resolver.with(destination, { createParents }, (dst) => fn({ ...src, stats }, dst));
+    });
 
   const impl: ServiceImpl<typeof FilesystemService> = {
     stat: (req) =>
@@ -131,8 +141,6 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
       guard(req.sourcePath, async () => {
         assertAcceptingWork(ctx);
         return withBoth(req.sourcePath, req.destinationPath, req.createParents, async (src, dst) => {
-          if (src.isRoot) throw pathError(Code.FailedPrecondition, req.sourcePath, "is the workspace root");
-          if (!src.stats) throw pathError(Code.NotFound, req.sourcePath, "does not exist");
           const isDirectory = src.stats.isDirectory();
           const srcReal = await resolver.realPathOf(src);
           const dstReal = await resolver.realPathOf(dst);
@@ -159,7 +167,6 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
       guard(req.sourcePath, async () => {
         assertAcceptingWork(ctx);
         return withBoth(req.sourcePath, req.destinationPath, req.createParents, async (src, dst) => {
-          if (!src.stats) throw pathError(Code.NotFound, req.sourcePath, "does not exist");
           const isDirectory = src.stats.isDirectory();
           if (isDirectory && !req.recursive) {
             throw pathError(Code.FailedPrecondition, req.sourcePath, "is a directory: set recursive to copy it");
@@ -237,9 +244,9 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
       }
     },
 
-    upload: async (requests) => {
+    upload: async (requests, handlerContext) => {
       assertAcceptingWork(ctx);
-      return upload(resolver, ctx.activity, requests);
+      return upload(resolver, ctx.activity, requests, handlerContext.signal);
     },
 
     download: (req) => download(resolver, req),

@@ -18,7 +18,7 @@ import { changedSince, openForRead, readFully } from "./read.js";
 import type { Resolver } from "./resolver.js";
 
 /** The largest chunk Download sends, in bytes (1 MiB, as the contract says). */
-export const downloadChunkBytes = 1024 * 1024;
+const downloadChunkBytes = 1024 * 1024;
 
 /**
  * Download: a header, the range in chunks of at most 1 MiB read one at a time (each is
@@ -50,7 +50,6 @@ export async function* download(resolver: Resolver, req: DownloadRequest): Async
       }
       hash.update(chunk);
       position += BigInt(size);
-      (globalThis as any).__served = ((globalThis as any).__served ?? 0) + 1;
       yield create(DownloadResponseSchema, { kind: { case: "chunk", value: chunk } });
     }
     yield create(DownloadResponseSchema, { kind: { case: "trailer", value: { sha256: hash.digest("hex") } } });
@@ -67,12 +66,13 @@ export async function* download(resolver: Resolver, req: DownloadRequest): Async
  * transport's flow control holds the sender back and memory stays at about one chunk), and
  * the file replaces the target only once the stream has ended, the size and SHA-256 match
  * the header and the condition still holds. A cancelled or failed upload removes the
- * temporary file and leaves the target as it was.
+ * temporary file and leaves the target as it was. `signal` is the call's.
  */
 export async function upload(
   resolver: Resolver,
   activity: Activity,
   requests: AsyncIterable<UploadRequest>,
+  signal: AbortSignal,
 ): Promise<UploadResponse> {
   const iterator = requests[Symbol.asyncIterator]();
   const first = await iterator.next();
@@ -88,12 +88,13 @@ export async function upload(
   try {
     checkWriteTarget(target, target.stats, condition);
     if (header.sizeBytes !== undefined) {
-      const fs = await statfs(target.dir.self, { bigint: true });
-      if (header.sizeBytes > fs.bavail * fs.bsize) {
+      const space = await statfs(target.dir.self, { bigint: true });
+      const free = space.bavail * space.bsize;
+      if (header.sizeBytes > free) {
         throw pathError(
           Code.ResourceExhausted,
           header.path,
-          `cannot be written: ${header.sizeBytes} bytes announced, ${fs.bavail * fs.bsize} free`,
+          `cannot be written: ${header.sizeBytes} bytes announced, ${free} free`,
         );
       }
     }
@@ -114,6 +115,16 @@ export async function upload(
       hash.update(chunk);
       await pending.write(chunk);
       activity.touch();
+    }
+    // A cancelled upload can look complete: connect-es ends the request stream cleanly when
+    // its call is aborted and resets the HTTP/2 stream just after, and Node ends a request
+    // body normally on a reset too. Only the call's signal tells them apart, so it is checked
+    // after the fsync (which gives the reset time to arrive) and a turn of the event loop.
+    // With size_bytes in the header a cut-off upload is refused whatever the timing.
+    await pending.flush();
+    await new Promise((resolve) => setImmediate(resolve));
+    if (signal.aborted) {
+      throw pathError(Code.Canceled, header.path, "was not written: the client cancelled the upload");
     }
     if (header.sizeBytes !== undefined && received !== header.sizeBytes) {
       throw pathError(Code.DataLoss, header.path, `received ${received} of the ${header.sizeBytes} bytes announced`);

@@ -82,6 +82,10 @@ interface Dirty {
  * RENAME; a path whose inode changed (an editor's atomic save) is a WRITE. The entries in
  * events are built by the confined resolver, so nothing outside the workspace is reported
  * even if a directory is swapped for a symlink while it is being watched.
+ *
+ * The index costs memory in proportion to the watched tree (exclude node_modules and the
+ * like). `overflow` is sent when the client falls behind or the kernel refuses more watches;
+ * Node does not expose inotify's own queue overflow, so that one cannot be reported.
  */
 export async function startWatch(req: WatchRequest, options: WatchOptions): Promise<Watch> {
   const watch = new TreeWatch(req, options);
@@ -308,6 +312,10 @@ class TreeWatch implements Watch {
       for (const path of this.index.keys()) if (parentOf(path) === dir) this.markDirty(path, false);
     }
     this.rescans.clear();
+    // Looked at first, so that the changes that led to it (a watched file's removal) are
+    // reported before the stream ends.
+    const rootGone = !(await this.rootAlive());
+    if (rootGone && !this.rootIsDirectory) this.markDirty(this.rootRel, false);
     const batch = this.dirty;
     this.dirty = new Map();
     clearTimeout(this.timer);
@@ -387,7 +395,9 @@ class TreeWatch implements Watch {
       built.push(create(WatchEventSchema, { type: e.type, path: e.rel, oldPath: e.oldRel ?? "", entry }));
     }
     this.send(built);
-    await this.checkRoot();
+    if (rootGone) {
+      this.close(new ConnectError(`${JSON.stringify(this.rootRel)} was removed; the watch has ended`, Code.NotFound));
+    }
   }
 
   private async entryOf(rel: string): Promise<Entry | undefined> {
@@ -423,15 +433,11 @@ class TreeWatch implements Watch {
     this.channel.push(create(WatchResponseSchema, { kind: { case: "overflow", value: { reason } } }));
   }
 
-  /** Ends the stream with NOT_FOUND once the watched path is gone (or another object took its place). */
-  private async checkRoot(): Promise<void> {
+  /** Whether the watched path is still there (for a directory: the same directory). */
+  private async rootAlive(): Promise<boolean> {
     const stats = await lstat(this.abs(this.rootRel), { bigint: true }).catch(() => undefined);
-    const alive = this.rootIsDirectory
-      ? stats !== undefined && identityOf(stats).id === this.rootId
-      : stats !== undefined && !stats.isDirectory();
-    if (!alive) {
-      this.close(new ConnectError(`${JSON.stringify(this.rootRel)} was removed; the watch has ended`, Code.NotFound));
-    }
+    if (!stats) return false;
+    return this.rootIsDirectory ? identityOf(stats).id === this.rootId : !stats.isDirectory();
   }
 }
 

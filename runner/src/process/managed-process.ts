@@ -166,6 +166,16 @@ export class ManagedProcess {
     }
   }
 
+  /** Signals the whole process group if the process still runs; for the runner's own use (timeouts, shutdown). */
+  killQuietly(signal: NodeJS.Signals): void {
+    if (!this.running) return;
+    try {
+      this.kill(signal, true);
+    } catch (error) {
+      this.options.logger.warn({ pid: this.pid, signal, err: error }, "cannot signal process group");
+    }
+  }
+
   /** Writes to stdin; resolves once the bytes are in the pipe. */
   async write(data: Uint8Array): Promise<void> {
     const stdin = this.openStdin();
@@ -259,16 +269,6 @@ export class ManagedProcess {
     this.killedByTimeout = true;
     this.options.logger.info({ pid: this.pid, timeoutMs: this.spec.timeoutMs }, "process timed out");
     this.killQuietly("SIGKILL");
-  }
-
-  /** Signals the whole process group if the process still runs; for the runner's own use. */
-  killQuietly(signal: NodeJS.Signals): void {
-    if (!this.running) return;
-    try {
-      this.kill(signal, true);
-    } catch (error) {
-      this.options.logger.warn({ pid: this.pid, signal, err: error }, "cannot signal process group");
-    }
   }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {

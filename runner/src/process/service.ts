@@ -50,7 +50,7 @@ export function createProcessService(ctx: RunnerContext): ProcessPart {
   const { config } = ctx;
   const manager = new ProcessManager({
     workspace: ctx.workspace,
-    environment: (extra) => workspaceEnvironment(ctx.workspace, ctx.replId, extra),
+    environment: (extra) => workspaceEnvironment(ctx, extra),
     logger: ctx.logger.child({ component: "process" }),
     maxProcesses: config.maxProcesses,
     outputCapBytes: config.processOutputCapBytes,

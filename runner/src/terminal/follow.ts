@@ -1,15 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { KeepaliveSchema } from "@devex/gen/devex/runner/v1/runner_pb.js";
-import type {
-  AttachResponse,
-  ScreenSnapshot,
-  SessionAttached,
-} from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import type { AttachResponse, ScreenSnapshot, SessionAttached } from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { ScreenSnapshotSchema } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { exitStatusOf, sessionInfo } from "./convert.js";
 import type { ScreenState } from "./screen.js";
 import type { TerminalSession } from "./session.js";
-import { exitStatusOf, sessionInfo } from "./convert.js";
 
 /** The events Attach and StreamOutput share. */
 export type SessionEvent = Exclude<AttachResponse["event"], { case: "pong" | undefined }>;

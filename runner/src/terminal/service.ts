@@ -146,12 +146,10 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
       return create(GetSessionResponseSchema, { session: sessionInfo(table.get(req.sessionId)) });
     },
     listSessions(req) {
-      const wanted = table
-        .list()
-        .filter(({ session }) => {
-          if (req.state === SessionState.UNSPECIFIED) return true;
-          return (req.state === SessionState.EXITED) === (session.exit !== undefined);
-        });
+      const wanted = table.list().filter(({ session }) => {
+        if (req.state === SessionState.UNSPECIFIED) return true;
+        return (req.state === SessionState.EXITED) === (session.exit !== undefined);
+      });
       const page = pageOf(wanted, (e) => e.seq, req.pageSize, req.pageToken);
       return create(ListSessionsResponseSchema, {
         sessions: page.items.map((e) => sessionInfo(e.session)),

@@ -69,7 +69,7 @@ export class SessionTable {
     if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
     const cwd = await this.resolveCwd(request.cwd);
     const command = request.command.length > 0 ? request.command : defaultShell();
-    const env = workspaceEnvironment(this.ctx.workspace, this.ctx.replId, request.env);
+    const env = workspaceEnvironment(this.ctx, request.env);
     await assertExecutable(command[0] as string, cwd, env.PATH ?? "");
     if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
     let session: TerminalSession;
@@ -167,7 +167,12 @@ export class SessionTable {
  * only as an exit status, so the check is made before spawning.
  */
 async function assertExecutable(file: string, cwd: string, path: string): Promise<void> {
-  const candidates = file.includes("/") ? [resolve(cwd, file)] : path.split(":").filter(Boolean).map((dir) => resolve(dir, file));
+  const candidates = file.includes("/")
+    ? [resolve(cwd, file)]
+    : path
+        .split(":")
+        .filter(Boolean)
+        .map((dir) => resolve(dir, file));
   for (const candidate of candidates) {
     try {
       await access(candidate, constants.X_OK);

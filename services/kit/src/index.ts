@@ -4,6 +4,6 @@ export * from "./logging.js";
 export * from "./main.js";
 export * from "./metrics.js";
 export * from "./reflection.js";
+export * from "./runner-token.js";
 export * from "./server.js";
 export * from "./settings.js";
-export * from "./runner-token.js";

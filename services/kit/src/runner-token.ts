@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { errors, type CryptoKey, type JWTPayload, jwtVerify, SignJWT } from "jose";
+import { type CryptoKey, errors, type JWTPayload, jwtVerify, SignJWT } from "jose";
 
 /** The issuer of every runner token. */
 export const runnerTokenIssuer = "devex-core";
@@ -56,7 +56,13 @@ export async function verifyRunnerToken(
       clockTolerance: clockToleranceSec,
     }));
   } catch (error) {
-    throw new ConnectError(`invalid runner token: ${describeJoseError(error)}`, Code.Unauthenticated, undefined, [], error);
+    throw new ConnectError(
+      `invalid runner token: ${describeJoseError(error)}`,
+      Code.Unauthenticated,
+      undefined,
+      [],
+      error,
+    );
   }
   const role = payload.role === "core" ? "core" : "user";
   return { replId, userId: String(payload.sub), role };

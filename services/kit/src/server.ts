@@ -39,6 +39,12 @@ export interface ServerOptions {
   fallback?: HttpFallback;
   /** How long shutdown waits for open calls to finish before cancelling them. Default 10 s. */
   shutdownGraceMs?: number;
+  /**
+   * Whether to compress messages (gzip, brotli) for clients that accept it. Default true.
+   * The runner turns it off: its traffic is terminal bytes, where compression costs
+   * latency, and file chunks, which are often compressed already.
+   */
+  compression?: boolean;
 }
 
 /** A running server. */
@@ -93,6 +99,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
       createValidateInterceptor(),
     ],
     shutdownSignal: shutdown.signal,
+    ...(options.compression === false ? { acceptCompression: [] } : {}),
     fallback: (req, res) => void serveFallback(req, res),
   });
 

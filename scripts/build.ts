@@ -1,0 +1,32 @@
+/**
+ * `npm run build`: bundles each service's entry point into one ES module file
+ * (`<service>/dist/main.js`) with esbuild, so services start fast and small on plain
+ * Node: no TypeScript loader at run time. node-pty stays external (a native addon).
+ */
+
+import { join } from "node:path";
+import { build } from "esbuild";
+
+const root = join(import.meta.dirname, "..");
+const entries = [
+  { in: "runner/src/main.ts", out: "runner/dist/main.js" },
+  { in: "services/core/src/main.ts", out: "services/core/dist/main.js" },
+];
+
+for (const entry of entries) {
+  await build({
+    entryPoints: [join(root, entry.in)],
+    outfile: join(root, entry.out),
+    bundle: true,
+    platform: "node",
+    target: "node24",
+    format: "esm",
+    sourcemap: "linked",
+    external: ["node-pty"],
+    // Bundled CommonJS dependencies still call require().
+    banner: {
+      js: "import { createRequire as __devexRequire } from 'node:module'; const require = __devexRequire(import.meta.url);",
+    },
+    logLevel: "warning",
+  });
+}
