@@ -233,7 +233,10 @@ async function measure(name: string, open: (command: string) => Promise<Target>,
 }
 
 async function startRunner(workspace: string): Promise<{ runner: SpawnedService; token: string }> {
-  const runner = await spawnService("runner/src/main.ts", ["--dev", "--workspace", workspace]);
+  // The runner as it is deployed: the bundle from `npm run build`, with the flags of `npm run runner`.
+  const runner = await spawnService("runner/dist/main.js", ["--dev", "--workspace", workspace], {}, [
+    "--max-semi-space-size=1",
+  ]);
   const line = runner.output.find((l) => l.includes("user token:"));
   const token = line?.split("user token:")[1]?.trim();
   if (!token) throw new Error(`runner printed no token:\n${runner.output.join("\n")}`);

@@ -22,7 +22,8 @@ for (const entry of entries) {
     target: "node24",
     format: "esm",
     sourcemap: "linked",
-    external: ["node-pty"],
+    // Native addons, and modules loaded on demand (the terminal emulator), stay outside.
+    external: ["node-pty", "@xterm/headless", "@xterm/addon-serialize"],
     // Bundled CommonJS dependencies still call require().
     banner: {
       js: "import { createRequire as __devexRequire } from 'node:module'; const require = __devexRequire(import.meta.url);",

@@ -1,5 +1,16 @@
-import { bytesSchema, durationMsSchema, serverSettings, setting } from "@devex/kit";
-import { z } from "zod";
+import {
+  booleanSchema,
+  bytesSchema,
+  type ConfigOf,
+  durationMsSchema,
+  integerSchema,
+  optional,
+  patternSchema,
+  serverSettings,
+  setting,
+  textSchema,
+  withDefault,
+} from "@devex/kit";
 
 /** Repl ids, as core issues them. */
 export const replIdPattern = /^repl_[0-9a-z]{26}$/;
@@ -10,88 +21,79 @@ export const runnerSettings = {
   workspace: setting({
     flag: "workspace",
     env: "DEVEX_RUNNER_WORKSPACE",
-    schema: z.string().min(1, "must not be empty").default(".devex/runner/workspace"),
+    schema: withDefault(textSchema, ".devex/runner/workspace"),
     description: "The workspace directory this runner serves (created if missing). Default .devex/runner/workspace.",
   }),
   home: setting({
     flag: "home",
     env: "DEVEX_RUNNER_HOME",
-    schema: z.string().min(1, "must not be empty").optional(),
+    schema: optional(textSchema),
     description: "HOME of the programs the runner starts (the workspace user's home). Default: the runner's own HOME.",
   }),
   replId: setting({
     flag: "repl-id",
     env: "DEVEX_REPL_ID",
-    schema: z.string().regex(replIdPattern, "must be a repl id: repl_ and 26 lower-case letters or digits").optional(),
+    schema: optional(patternSchema(replIdPattern, "must be a repl id: repl_ and 26 lower-case letters or digits")),
     description: "The repl this runner serves: tokens must be issued for it. Required unless --dev.",
   }),
   tokenPublicKey: setting({
     flag: "token-public-key",
     env: "DEVEX_RUNNER_TOKEN_PUBLIC_KEY",
-    schema: z.string().min(1, "must not be empty").optional(),
+    schema: optional(textSchema),
     description: "Core's Ed25519 public key (SPKI PEM text, or a path to a PEM file). Required unless --dev.",
   }),
   dev: setting({
     flag: "dev",
     env: "DEVEX_RUNNER_DEV",
     boolean: true,
-    schema: z.union([z.boolean(), z.stringbool({ error: "must be true or false" })]).default(false),
+    schema: withDefault(booleanSchema, false),
     description: "Standalone development mode: makes a key pair (and a repl id if none) and prints tokens it accepts.",
   }),
   scrollbackBytes: setting({
     flag: "scrollback-bytes",
     env: "DEVEX_RUNNER_SCROLLBACK_BYTES",
-    schema: bytesSchema(256 * 1024, 64 * 1024 * 1024).default(1024 * 1024),
+    schema: withDefault(bytesSchema(256 * 1024, 64 * 1024 * 1024), 1024 * 1024),
     description: "Terminal output kept per session for replay on reattach, in bytes (at least 256 KiB). Default 1 MiB.",
-  }),
-  clientBufferBytes: setting({
-    flag: "client-buffer-bytes",
-    env: "DEVEX_RUNNER_CLIENT_BUFFER_BYTES",
-    schema: bytesSchema(16 * 1024, 64 * 1024 * 1024).default(256 * 1024),
-    description:
-      "Terminal output queued for one slow client before it is caught up from the scrollback, in bytes. Default 256 KiB.",
   }),
   detachedSessionLifetimeMs: setting({
     flag: "detached-session-lifetime-ms",
     env: "DEVEX_RUNNER_DETACHED_SESSION_LIFETIME_MS",
-    schema: durationMsSchema(1_000, 7 * 24 * 3_600_000).default(5 * 60_000),
+    schema: withDefault(durationMsSchema(1_000, 7 * 24 * 3_600_000), 5 * 60_000),
     description:
       "How long a terminal session with no client lives on, in ms, unless it asks otherwise. Default 300000.",
   }),
   maxSessions: setting({
     flag: "max-sessions",
     env: "DEVEX_RUNNER_MAX_SESSIONS",
-    schema: z.coerce.number().int().min(1).max(10_000).default(100),
+    schema: withDefault(integerSchema(1, 10_000), 100),
     description: "Terminal sessions allowed at once. Default 100.",
   }),
   maxProcesses: setting({
     flag: "max-processes",
     env: "DEVEX_RUNNER_MAX_PROCESSES",
-    schema: z.coerce.number().int().min(1).max(10_000).default(256),
+    schema: withDefault(integerSchema(1, 10_000), 256),
     description: "Processes (started through ProcessService) allowed at once. Default 256.",
   }),
   processOutputCapBytes: setting({
     flag: "process-output-cap-bytes",
     env: "DEVEX_RUNNER_PROCESS_OUTPUT_CAP_BYTES",
-    schema: bytesSchema(4 * 1024, 1024 * 1024 * 1024).default(1024 * 1024),
+    schema: withDefault(bytesSchema(4 * 1024, 1024 * 1024 * 1024), 1024 * 1024),
     description: "Recent output kept per process (each of stdout and stderr) for reattach, in bytes. Default 1 MiB.",
   }),
   exitRetentionMs: setting({
     flag: "exit-retention-ms",
     env: "DEVEX_RUNNER_EXIT_RETENTION_MS",
-    schema: durationMsSchema(60_000, 24 * 3_600_000).default(5 * 60_000),
+    schema: withDefault(durationMsSchema(60_000, 24 * 3_600_000), 5 * 60_000),
     description:
       "How long an exited process or session stays listed with its exit status, in ms (at least 60000). Default 300000.",
   }),
   keepaliveMs: setting({
     flag: "keepalive-ms",
     env: "DEVEX_RUNNER_KEEPALIVE_MS",
-    schema: durationMsSchema(100, 30_000).default(25_000),
+    schema: withDefault(durationMsSchema(100, 30_000), 25_000),
     description: "Silence after which a stream gets a keepalive message, in ms (at most 30000). Default 25000.",
   }),
 };
 
 /** The runner's validated configuration. */
-export type RunnerConfig = {
-  [K in keyof typeof runnerSettings]: z.output<(typeof runnerSettings)[K]["schema"]>;
-};
+export type RunnerConfig = ConfigOf<typeof runnerSettings>;

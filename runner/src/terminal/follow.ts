@@ -13,6 +13,14 @@ export type SessionEvent = Exclude<AttachResponse["event"], { case: "pong" | und
 /** The most output sent in one message, in bytes: large enough to batch floods, small enough to interleave. */
 const maxChunkBytes = 256 * 1024;
 
+/**
+ * Output waiting beyond this many bytes means a program is writing in bulk (a PTY read
+ * returns at most about 4 KiB), so the stream waits {@link bulkDelayMs} to send it in
+ * fewer, larger messages. Less than this (keystroke echo, a prompt) goes out at once.
+ */
+const bulkBytes = 4096;
+const bulkDelayMs = 3;
+
 /** Where a client starts reading and what it is told first. */
 export interface FollowStart {
   attached: SessionAttached;
@@ -135,6 +143,10 @@ export async function* follow(
           },
         };
         continue;
+      }
+      if (scrollback.end - cursor >= bulkBytes && scrollback.end - cursor < maxChunkBytes) {
+        await new Promise((resolve) => setTimeout(resolve, bulkDelayMs));
+        if (cursor < scrollback.start) continue;
       }
       const data = scrollback.read(cursor, maxChunkBytes);
       const offset = cursor;

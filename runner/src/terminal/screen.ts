@@ -1,8 +1,22 @@
-import { SerializeAddon } from "@xterm/addon-serialize";
-import xtermHeadless from "@xterm/headless";
+import type { SerializeAddon } from "@xterm/addon-serialize";
+import type { Terminal } from "@xterm/headless";
 import type { Scrollback } from "./scrollback.js";
 
-const { Terminal } = xtermHeadless;
+interface Emulator {
+  Terminal: typeof Terminal;
+  SerializeAddon: typeof SerializeAddon;
+}
+let emulator: Emulator | undefined;
+
+/**
+ * Loads the terminal emulator. It is a large module, so a runner that never opens a
+ * terminal never loads it; call this before creating the first {@link ScreenModel}.
+ */
+export async function loadEmulator(): Promise<void> {
+  if (emulator) return;
+  const [headless, serialize] = await Promise.all([import("@xterm/headless"), import("@xterm/addon-serialize")]);
+  emulator = { Terminal: headless.default.Terminal, SerializeAddon: serialize.SerializeAddon };
+}
 
 /** A terminal's rendered state at one output offset. */
 export interface ScreenState {
@@ -37,12 +51,13 @@ const backlogIntervalMs = 250;
  *
  * Interpreting costs more CPU than relaying, so the model is lazy: it reads the session's
  * scrollback when output pauses, when its backlog passes a quarter of the scrollback (at
- * most four times a second), and whenever a snapshot is asked for. During a flood it
- * falls behind on purpose; if what it missed has left the scrollback, it restarts from
- * the oldest retained byte, which the flood has overwritten the screen with anyway.
+ * most four times a second, so steady output keeps it exact), and whenever a snapshot is
+ * asked for. A flood outruns it on purpose: once what it missed has left the scrollback it
+ * stops until output pauses, then restarts from the oldest retained byte, which the flood
+ * has overwritten the screen with anyway.
  */
 export class ScreenModel {
-  private term: InstanceType<typeof Terminal>;
+  private term: Terminal;
   private serializer: SerializeAddon;
   private fedTo = 0;
   private cols: number;
@@ -68,8 +83,9 @@ export class ScreenModel {
   }
 
   private newTerminal(cols: number, rows: number) {
-    const term = new Terminal({ cols, rows, scrollback: this.scrollbackLines, allowProposedApi: true });
-    const serializer = new SerializeAddon();
+    if (!emulator) throw new Error("loadEmulator() must be called before the first ScreenModel");
+    const term = new emulator.Terminal({ cols, rows, scrollback: this.scrollbackLines, allowProposedApi: true });
+    const serializer = new emulator.SerializeAddon();
     term.loadAddon(serializer as never);
     return { term, serializer };
   }
@@ -85,6 +101,8 @@ export class ScreenModel {
     if (this.disposed) return;
     this.quietTimer.refresh();
     const backlog = this.scrollback.end - this.fedTo;
+    // Once the model has lost bytes it restarts from the scrollback anyway: wait for quiet.
+    if (this.fedTo < this.scrollback.start) return;
     const now = Date.now();
     if (backlog > this.scrollback.capacity / 4 && now - this.lastBacklogCatchUp > backlogIntervalMs) {
       this.lastBacklogCatchUp = now;

@@ -4,6 +4,7 @@ import { isAbsolute, relative, resolve, sep } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { assertAcceptingWork, type RunnerContext } from "../context.js";
 import { defaultShell, workspaceEnvironment } from "../environment.js";
+import { loadEmulator } from "./screen.js";
 import { TerminalSession } from "./session.js";
 
 /** What a caller asks for when creating a session; zero values mean defaults. */
@@ -71,6 +72,7 @@ export class SessionTable {
     const command = request.command.length > 0 ? request.command : defaultShell();
     const env = workspaceEnvironment(this.ctx, request.env);
     await assertExecutable(command[0] as string, cwd, env.PATH ?? "");
+    await loadEmulator();
     if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
     let session: TerminalSession;
     try {

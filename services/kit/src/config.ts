@@ -1,8 +1,8 @@
 import { parseArgs } from "node:util";
-import { z } from "zod";
+import * as z from "zod/mini";
 
 /** One configuration setting: where it is read from and what values it accepts. */
-export interface Setting<T extends z.ZodType = z.ZodType> {
+export interface Setting<T extends z.ZodMiniType = z.ZodMiniType> {
   /** The command-line flag, without the leading dashes (`port` for `--port`). */
   flag: string;
   /** The environment variable read when the flag is absent. */
@@ -39,36 +39,68 @@ export class ConfigError extends Error {
 }
 
 /** Declares a setting with its type inferred from the schema. */
-export function setting<T extends z.ZodType>(value: Setting<T>): Setting<T> {
+export function setting<T extends z.ZodMiniType>(value: Setting<T>): Setting<T> {
   return value;
+}
+
+// Schemas for settings. Configuration uses zod's small build ("zod/mini"): the full one
+// costs every process about 10 MB of memory for a few checks at start-up.
+
+/** A whole number within bounds, `unit` naming what it counts in messages. */
+export function integerSchema(min: number, max: number, unit = ""): z.ZodMiniType<number> {
+  const of = unit ? ` ${unit}` : "";
+  return z.coerce
+    .number({ error: `must be a number${of ? ` of${of}` : ""}` })
+    .check(
+      z.int(`must be a whole number${of ? ` of${of}` : ""}`),
+      z.minimum(min, `must be at least ${min}${of}`),
+      z.maximum(max, `must be at most ${max}${of}`),
+    );
 }
 
 /** A TCP port: 0 (any free port) to 65535. */
 export const portSchema = z.coerce
   .number({ error: "must be a number" })
-  .int("must be a whole number")
-  .min(0, "must be between 0 and 65535")
-  .max(65535, "must be between 0 and 65535");
+  .check(
+    z.int("must be a whole number"),
+    z.minimum(0, "must be between 0 and 65535"),
+    z.maximum(65535, "must be between 0 and 65535"),
+  );
 
-/** A boolean read from `true`/`false`/`1`/`0`/`yes`/`no`. */
-export const booleanSchema = z.stringbool({ error: "must be true or false" });
+/** A boolean read from `true`/`false`/`1`/`0`/`yes`/`no` (or a flag given without a value). */
+export const booleanSchema = z.union([z.boolean(), z.stringbool({ error: "must be true or false" })]);
 
-/** A positive duration in milliseconds. */
-export function durationMsSchema(min: number, max: number): z.ZodType<number> {
-  return z.coerce
-    .number({ error: "must be a number of milliseconds" })
-    .int("must be a whole number of milliseconds")
-    .min(min, `must be at least ${min} ms`)
-    .max(max, `must be at most ${max} ms`);
+/** A duration in milliseconds within bounds. */
+export function durationMsSchema(min: number, max: number): z.ZodMiniType<number> {
+  return integerSchema(min, max, "ms");
 }
 
 /** A size in bytes within bounds. */
-export function bytesSchema(min: number, max: number): z.ZodType<number> {
-  return z.coerce
-    .number({ error: "must be a number of bytes" })
-    .int("must be a whole number of bytes")
-    .min(min, `must be at least ${min} bytes`)
-    .max(max, `must be at most ${max} bytes`);
+export function bytesSchema(min: number, max: number): z.ZodMiniType<number> {
+  return integerSchema(min, max, "bytes");
+}
+
+/** A non-empty string. */
+export const textSchema = z.string().check(z.minLength(1, "must not be empty"));
+
+/** A string matching a pattern; `message` says what is expected. */
+export function patternSchema(pattern: RegExp, message: string): z.ZodMiniType<string> {
+  return z.string().check(z.regex(pattern, message));
+}
+
+/** The schema with a default for when the setting is not given. */
+export function withDefault<T extends z.ZodMiniType>(schema: T, value: z.output<T>) {
+  return z._default(schema, value as never);
+}
+
+/** The schema, or undefined when the setting is not given. */
+export function optional<T extends z.ZodMiniType>(schema: T) {
+  return z.optional(schema);
+}
+
+/** One of a fixed set of strings. */
+export function oneOfSchema<const T extends readonly [string, ...string[]]>(values: T) {
+  return z.enum(values, { error: `must be one of ${values.join(", ")}` });
 }
 
 /** The `--help` text for a set of settings. */

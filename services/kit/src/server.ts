@@ -86,8 +86,10 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     routes(router) {
       options.routes(router);
       health.routes(router);
+      // The descriptors are read on the first reflection call: most servers never get one,
+      // and they would hold several MB for nothing.
       reflectionRoutes(() => {
-        if (!index) throw new ConnectError("reflection is not ready", Code.Unavailable);
+        index ??= new ReflectionIndex(loadDescriptorSet(), [...serviceNames]);
         return index;
       })(router);
       for (const h of router.handlers) serviceNames.add(h.service.typeName);
@@ -102,9 +104,6 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     ...(options.compression === false ? { acceptCompression: [] } : {}),
     fallback: (req, res) => void serveFallback(req, res),
   });
-
-  // connectNodeAdapter called routes() synchronously, so serviceNames is complete here.
-  index = new ReflectionIndex(loadDescriptorSet(), [...serviceNames]);
 
   async function serveFallback(req: HttpRequest, res: HttpResponse): Promise<void> {
     try {

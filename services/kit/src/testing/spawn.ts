@@ -18,15 +18,19 @@ export interface SpawnedService {
 }
 
 /**
- * Starts a service entry point (`services/core/src/main.ts`, `runner/src/main.ts`) on a
- * free port with the given extra arguments, and resolves once it logs that it listens.
+ * Starts a service entry point on a free port with the given extra arguments, and
+ * resolves once it logs that it listens. A TypeScript entry (`runner/src/main.ts`) runs
+ * through tsx; a built one (`runner/dist/main.js`, from `npm run build`) on plain Node
+ * with `nodeOptions`.
  */
 export async function spawnService(
   entry: string,
   args: string[] = [],
   env: Record<string, string> = {},
+  nodeOptions: string[] = [],
 ): Promise<SpawnedService> {
-  const child = spawn(process.execPath, ["--import", "tsx", join(repoRoot, entry), "--port", "0", ...args], {
+  const loader = entry.endsWith(".ts") ? ["--import", "tsx"] : [];
+  const child = spawn(process.execPath, [...nodeOptions, ...loader, join(repoRoot, entry), "--port", "0", ...args], {
     cwd: repoRoot,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
