@@ -37,6 +37,53 @@ describe("npm run runner", () => {
     for (const method of expected) expect(listed, method).toContain(method);
   });
 
+  it("runs echo in a terminal through an Attach stream opened by buf curl, with the dev-mode token", async () => {
+    const token = runner.output
+      .find((line) => line.includes("user token:"))
+      ?.split("user token:")[1]
+      ?.trim();
+    expect(token).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+    const input = Buffer.from("echo hello from $((40+2))\rexit\r").toString("base64");
+    const messages = [
+      JSON.stringify({ open: { create: { command: ["bash", "--norc", "--noprofile", "-i"] } } }),
+      JSON.stringify({ input: { data: input } }),
+    ].join("\n");
+    const res = await bufCurl(
+      [
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "-H",
+        `Authorization: Bearer ${token}`,
+        "-d",
+        "@-",
+        `${runner.url}/devex.runner.v1.TerminalService/Attach`,
+      ],
+      messages,
+    );
+    expect(res.code, res.stderr).toBe(0);
+    const events = res.stdout
+      .split(/\n(?=\{)/)
+      .map((chunk) => JSON.parse(chunk) as Record<string, { data?: string; status?: { exitCode?: number } }>);
+    const output = events.map((e) => (e.output?.data ? Buffer.from(e.output.data, "base64").toString() : "")).join("");
+    expect(output).toContain("hello from 42");
+    expect(events.at(-1)?.exit?.status?.exitCode ?? 0).toBe(0);
+    expect(Object.keys(events.at(-1) ?? {})).toEqual(["exit"]);
+  });
+
+  it("refuses the same call without a token", async () => {
+    const res = await bufCurl([
+      "--protocol",
+      "grpc",
+      "--http2-prior-knowledge",
+      "-d",
+      "{}",
+      `${runner.url}/devex.runner.v1.TerminalService/ListSessions`,
+    ]);
+    expect(res.code).not.toBe(0);
+    expect(res.stderr).toContain("unauthenticated");
+  });
+
   it("reports SERVING through buf curl", async () => {
     const res = await bufCurl([
       "--protocol",

@@ -15,7 +15,14 @@ let emulator: Emulator | undefined;
 export async function loadEmulator(): Promise<void> {
   if (emulator) return;
   const [headless, serialize] = await Promise.all([import("@xterm/headless"), import("@xterm/addon-serialize")]);
-  emulator = { Terminal: headless.default.Terminal, SerializeAddon: serialize.SerializeAddon };
+  // Both are CommonJS: loaders differ in whether the exports arrive named or as `default`.
+  type Exports<T> = T & { default?: T };
+  const terminal = headless as Exports<{ Terminal: typeof Terminal }>;
+  const addon = serialize as Exports<{ SerializeAddon: typeof SerializeAddon }>;
+  const TerminalClass = terminal.Terminal ?? terminal.default?.Terminal;
+  const SerializeClass = addon.SerializeAddon ?? addon.default?.SerializeAddon;
+  if (!TerminalClass || !SerializeClass) throw new Error("the terminal emulator modules did not load");
+  emulator = { Terminal: TerminalClass, SerializeAddon: SerializeClass };
 }
 
 /** A terminal's rendered state at one output offset. */

@@ -81,17 +81,23 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
         Code.OutOfRange,
       );
     }
-    const start = await startPosition(
-      session,
-      open.fromOffset === undefined ? undefined : Number(open.fromOffset),
-      open.screenSnapshot,
-      created,
-    );
+    const detach = session.attach();
+    let start: Awaited<ReturnType<typeof startPosition>>;
+    try {
+      start = await startPosition(
+        session,
+        open.fromOffset === undefined ? undefined : Number(open.fromOffset),
+        open.screenSnapshot,
+        created,
+      );
+    } catch (error) {
+      detach();
+      throw error;
+    }
 
     const pongs: AttachResponse["event"][] = [];
     let wakeOutput: () => void = () => {};
     let inputError: unknown;
-    const detach = session.attach();
     const pumpInput = async () => {
       for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
         const kind = next.value.kind;
@@ -184,14 +190,14 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
           Code.OutOfRange,
         );
       }
-      const start = await startPosition(
-        session,
-        req.fromOffset === undefined ? undefined : Number(req.fromOffset),
-        req.screenSnapshot,
-        false,
-      );
       const detach = session.attach();
       try {
+        const start = await startPosition(
+          session,
+          req.fromOffset === undefined ? undefined : Number(req.fromOffset),
+          req.screenSnapshot,
+          false,
+        );
         for await (const event of follow(session, start, {
           snapshots: req.screenSnapshot,
           keepaliveMs,

@@ -74,10 +74,18 @@ export async function spawnService(
 const execFileAsync = promisify(execFile);
 const bufBinary = join(repoRoot, "node_modules", ".bin", "buf");
 
-/** Runs `buf curl` with the given arguments; resolves with its output whatever its exit status. */
-export async function bufCurl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/**
+ * Runs `buf curl` with the given arguments and, for `-d @-`, `input` on its standard
+ * input; resolves with its output whatever its exit status.
+ */
+export async function bufCurl(
+  args: string[],
+  input?: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await execFileAsync(bufBinary, ["curl", ...args]);
+    const running = execFileAsync(bufBinary, ["curl", ...args], { timeout: 30_000 });
+    running.child.stdin?.end(input ?? "");
+    const { stdout, stderr } = await running;
     return { code: 0, stdout, stderr };
   } catch (error) {
     const e = error as { code?: number; stdout?: string; stderr?: string };
