@@ -36,6 +36,8 @@ const echoCommand = "stty raw -echo; exec cat";
 interface Target {
   write(data: Uint8Array): unknown;
   onData(listener: (data: Uint8Array) => void): void;
+  /** Called with the size of a gap when the runner says the client fell behind (`lagged`). */
+  onSkipped?(listener: (bytes: number) => void): void;
   close(): Promise<void>;
 }
 
@@ -44,6 +46,8 @@ interface Result {
   rtt_p50_us: number;
   rtt_p99_us: number;
   throughput_mb_s: number;
+  /** Output the client was told it fell behind on (`lagged`), not delivered. */
+  skipped_bytes: number;
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -85,16 +89,26 @@ async function roundTrips(open: (command: string) => Promise<Target>): Promise<n
 }
 
 /** Times `megabytes` of output from a trigger byte to the last byte. */
-async function throughput(open: (command: string) => Promise<Target>, file: string, bytes: number): Promise<number> {
+async function throughput(
+  open: (command: string) => Promise<Target>,
+  file: string,
+  bytes: number,
+): Promise<{ mbs: number; skippedBytes: number }> {
   const target = await open(`stty raw -echo; head -c 1 >/dev/null; exec cat ${file}`);
   let received = 0;
+  let skipped = 0;
   let done: () => void = () => {};
   const finished = new Promise<void>((resolve) => {
     done = resolve;
   });
-  target.onData((data) => {
-    received += data.length;
+  const count = (n: number) => {
+    received += n;
     if (received >= bytes) done();
+  };
+  target.onData((data) => count(data.length));
+  target.onSkipped?.((n) => {
+    skipped += n;
+    count(n);
   });
   await new Promise((resolve) => setTimeout(resolve, 300));
   const started = performance.now();
@@ -102,7 +116,8 @@ async function throughput(open: (command: string) => Promise<Target>, file: stri
   await finished;
   const seconds = (performance.now() - started) / 1000;
   await target.close();
-  return bytes / 1024 / 1024 / seconds;
+  // Bytes the client fell behind on were not delivered to it: they do not count.
+  return { mbs: (bytes - skipped) / 1024 / 1024 / seconds, skippedBytes: skipped };
 }
 
 async function openPty(command: string): Promise<Target> {
@@ -148,20 +163,26 @@ function attachOpener(client: Client<typeof TerminalService>) {
     );
     const abort = new AbortController();
     const listeners: ((data: Uint8Array) => void)[] = [];
+    const skips: ((bytes: number) => void)[] = [];
     let attached: () => void = () => {};
     const ready = new Promise<void>((resolve) => {
       attached = resolve;
     });
     void (async () => {
       for await (const res of client.attach(requests, { signal: abort.signal })) {
-        if (res.event.case === "attached") attached();
-        if (res.event.case === "output") for (const l of listeners) l(res.event.value.data);
+        const event = res.event;
+        if (event.case === "attached") attached();
+        if (event.case === "output") for (const l of listeners) l(event.value.data);
+        if (event.case === "lagged") {
+          for (const l of skips) l(Number(event.value.resumeOffset - event.value.skippedFromOffset));
+        }
       }
     })().catch(() => {});
     await ready;
     return {
       write: (data) => requests.push(create(AttachRequestSchema, { kind: { case: "input", value: { data } } })),
       onData: (l) => listeners.push(l),
+      onSkipped: (l) => skips.push(l),
       async close() {
         abort.abort();
       },
@@ -175,14 +196,19 @@ function browserOpener(client: Client<typeof TerminalService>) {
     const sessionId = session?.id ?? "";
     const abort = new AbortController();
     const listeners: ((data: Uint8Array) => void)[] = [];
+    const skips: ((bytes: number) => void)[] = [];
     let attached: () => void = () => {};
     const ready = new Promise<void>((resolve) => {
       attached = resolve;
     });
     void (async () => {
       for await (const res of client.streamOutput({ sessionId, fromOffset: 0n }, { signal: abort.signal })) {
-        if (res.event.case === "attached") attached();
-        if (res.event.case === "output") for (const l of listeners) l(res.event.value.data);
+        const event = res.event;
+        if (event.case === "attached") attached();
+        if (event.case === "output") for (const l of listeners) l(event.value.data);
+        if (event.case === "lagged") {
+          for (const l of skips) l(Number(event.value.resumeOffset - event.value.skippedFromOffset));
+        }
       }
     })().catch(() => {});
     await ready;
@@ -190,6 +216,7 @@ function browserOpener(client: Client<typeof TerminalService>) {
     return {
       write: (data) => client.writeInput({ sessionId, data, clientId: "bench", seq: ++seq }),
       onData: (l) => listeners.push(l),
+      onSkipped: (l) => skips.push(l),
       async close() {
         abort.abort();
         await client.closeSession({ sessionId, force: true }).catch(() => {});
@@ -221,12 +248,13 @@ async function makeFile(dir: string, bytes: number): Promise<string> {
 
 async function measure(name: string, open: (command: string) => Promise<Target>, file: string, bytes: number) {
   const times = await roundTrips(open);
-  const mbs = await throughput(open, file, bytes);
+  const { mbs, skippedBytes } = await throughput(open, file, bytes);
   const result: Result = {
     target: name,
     rtt_p50_us: Math.round(percentile(times, 50)),
     rtt_p99_us: Math.round(percentile(times, 99)),
     throughput_mb_s: Math.round(mbs * 10) / 10,
+    skipped_bytes: skippedBytes,
   };
   console.log(JSON.stringify(result));
   return result;

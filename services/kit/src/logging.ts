@@ -28,7 +28,8 @@ const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
  * Gives every call a request id and a child logger, and logs each call once when it
- * ends (method, code, duration). Streams are logged when their response ends.
+ * ends (method, code, duration): failures at info, successes at debug, since some
+ * methods are called per keystroke. Streams are logged when their response ends.
  */
 export function createLoggingInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
@@ -41,7 +42,7 @@ export function createLoggingInterceptor(logger: Logger): Interceptor {
     const finish = (error: unknown) => {
       const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       if (error === undefined) {
-        log.info({ code: "ok", durationMs }, "call");
+        log.debug({ code: "ok", durationMs }, "call");
         return;
       }
       const ce = ConnectError.from(error);

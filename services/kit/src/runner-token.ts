@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type CryptoKey, errors, type JWTPayload, jwtVerify, SignJWT } from "jose";
+import { type CryptoKey, decodeJwt, errors, type JWTPayload, jwtVerify, SignJWT } from "jose";
 
 /** The issuer of every runner token. */
 export const runnerTokenIssuer = "devex-core";
@@ -83,4 +83,32 @@ function describeJoseError(error: unknown): string {
 export function bearerToken(authorization: string | null): string | undefined {
   const match = authorization?.match(/^Bearer\s+(\S+)\s*$/i);
   return match?.[1];
+}
+
+/**
+ * Verifies runner tokens like {@link verifyRunnerToken}, remembering the ones that passed
+ * until they expire, so a stream of small calls (a browser's keystrokes) pays for the
+ * signature check once per token rather than once per call.
+ */
+export function createRunnerTokenVerifier(
+  publicKey: CryptoKey,
+  replId: string,
+  maxEntries = 1024,
+): (token: string) => Promise<RunnerTokenClaims> {
+  const verified = new Map<string, { claims: RunnerTokenClaims; expiresAtMs: number }>();
+  return async (token) => {
+    const hit = verified.get(token);
+    if (hit && hit.expiresAtMs > Date.now()) return hit.claims;
+    verified.delete(token);
+    const claims = await verifyRunnerToken(publicKey, replId, token, 0);
+    const { exp } = decodeJwt(token);
+    if (exp !== undefined) {
+      if (verified.size >= maxEntries) {
+        const oldest = verified.keys().next().value;
+        if (oldest !== undefined) verified.delete(oldest);
+      }
+      verified.set(token, { claims, expiresAtMs: exp * 1000 });
+    }
+    return claims;
+  };
 }
