@@ -22,7 +22,13 @@ import { createInterface } from "node:readline";
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { type AttachRequest, AttachRequestSchema, TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import {
+  type AttachRequest,
+  AttachRequestSchema,
+  type AttachResponse,
+  type StreamOutputResponse,
+  TerminalService,
+} from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { type SpawnedService, spawnService } from "@devex/kit/testing";
 import * as pty from "node-pty";
 import WebSocket from "ws";
@@ -153,6 +159,32 @@ function wsOpener(port: number) {
   };
 }
 
+/**
+ * Reads a terminal event stream (Attach or StreamOutput) in the background, handing
+ * output and `lagged` gaps to listeners; resolves once the stream says `attached`.
+ */
+async function followOutput(
+  stream: AsyncIterable<AttachResponse | StreamOutputResponse>,
+): Promise<Pick<Target, "onData" | "onSkipped">> {
+  const listeners: ((data: Uint8Array) => void)[] = [];
+  const skips: ((bytes: number) => void)[] = [];
+  let attached: () => void = () => {};
+  const ready = new Promise<void>((resolve) => {
+    attached = resolve;
+  });
+  void (async () => {
+    for await (const { event } of stream) {
+      if (event.case === "attached") attached();
+      if (event.case === "output") for (const l of listeners) l(event.value.data);
+      if (event.case === "lagged") {
+        for (const l of skips) l(Number(event.value.resumeOffset - event.value.skippedFromOffset));
+      }
+    }
+  })().catch(() => {});
+  await ready;
+  return { onData: (l) => listeners.push(l), onSkipped: (l) => skips.push(l) };
+}
+
 function attachOpener(client: Client<typeof TerminalService>) {
   return async (command: string): Promise<Target> => {
     const requests = new Channel<AttachRequest>();
@@ -162,27 +194,10 @@ function attachOpener(client: Client<typeof TerminalService>) {
       }),
     );
     const abort = new AbortController();
-    const listeners: ((data: Uint8Array) => void)[] = [];
-    const skips: ((bytes: number) => void)[] = [];
-    let attached: () => void = () => {};
-    const ready = new Promise<void>((resolve) => {
-      attached = resolve;
-    });
-    void (async () => {
-      for await (const res of client.attach(requests, { signal: abort.signal })) {
-        const event = res.event;
-        if (event.case === "attached") attached();
-        if (event.case === "output") for (const l of listeners) l(event.value.data);
-        if (event.case === "lagged") {
-          for (const l of skips) l(Number(event.value.resumeOffset - event.value.skippedFromOffset));
-        }
-      }
-    })().catch(() => {});
-    await ready;
+    const events = await followOutput(client.attach(requests, { signal: abort.signal }));
     return {
       write: (data) => requests.push(create(AttachRequestSchema, { kind: { case: "input", value: { data } } })),
-      onData: (l) => listeners.push(l),
-      onSkipped: (l) => skips.push(l),
+      ...events,
       async close() {
         abort.abort();
       },
@@ -195,28 +210,11 @@ function browserOpener(client: Client<typeof TerminalService>) {
     const { session } = await client.createSession({ spec: { command: ["bash", "-c", command] } });
     const sessionId = session?.id ?? "";
     const abort = new AbortController();
-    const listeners: ((data: Uint8Array) => void)[] = [];
-    const skips: ((bytes: number) => void)[] = [];
-    let attached: () => void = () => {};
-    const ready = new Promise<void>((resolve) => {
-      attached = resolve;
-    });
-    void (async () => {
-      for await (const res of client.streamOutput({ sessionId, fromOffset: 0n }, { signal: abort.signal })) {
-        const event = res.event;
-        if (event.case === "attached") attached();
-        if (event.case === "output") for (const l of listeners) l(event.value.data);
-        if (event.case === "lagged") {
-          for (const l of skips) l(Number(event.value.resumeOffset - event.value.skippedFromOffset));
-        }
-      }
-    })().catch(() => {});
-    await ready;
+    const events = await followOutput(client.streamOutput({ sessionId, fromOffset: 0n }, { signal: abort.signal }));
     let seq = 0n;
     return {
       write: (data) => client.writeInput({ sessionId, data, clientId: "bench", seq: ++seq }),
-      onData: (l) => listeners.push(l),
-      onSkipped: (l) => skips.push(l),
+      ...events,
       async close() {
         abort.abort();
         await client.closeSession({ sessionId, force: true }).catch(() => {});

@@ -12,8 +12,8 @@ import {
 } from "@devex/gen/devex/runner/v1/process_pb.js";
 import { ExitStatusSchema } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import type { Logger } from "pino";
+import type { WorkingDirectory } from "../working-directory.js";
 import { OutputBuffer, type OutputChunk } from "./output-buffer.js";
-import type { WorkingDirectory } from "./working-directory.js";
 
 /** One of a process's two output streams. */
 export type OutputStreamName = "stdout" | "stderr";

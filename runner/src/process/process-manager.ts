@@ -1,9 +1,9 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ProcessConfig, ProcessSelector } from "@devex/gen/devex/runner/v1/process_pb.js";
 import type { Logger } from "pino";
+import { resolveWorkingDirectory } from "../working-directory.js";
 import { ManagedProcess, type ProcessListener, type ProcessSpec } from "./managed-process.js";
 import { spawnChild, spawnFailure } from "./spawn.js";
-import { resolveWorkingDirectory } from "./working-directory.js";
 
 /** Options for {@link ProcessManager}. */
 export interface ProcessManagerOptions {

@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
-import { access, constants, realpath, stat } from "node:fs/promises";
-import { isAbsolute, relative, resolve, sep } from "node:path";
+import { access, constants, stat } from "node:fs/promises";
+import { resolve } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { assertAcceptingWork, type RunnerContext } from "../context.js";
 import { defaultShell, workspaceEnvironment } from "../environment.js";
+import { resolveWorkingDirectory } from "../working-directory.js";
 import { loadEmulator } from "./screen.js";
 import { TerminalSession } from "./session.js";
 
@@ -68,7 +69,11 @@ export class SessionTable {
     }
     const id = request.id || `s-${randomBytes(6).toString("hex")}`;
     if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
-    const cwd = await this.resolveCwd(request.cwd);
+    const { absolute: cwd, relative: relativeCwd } = await resolveWorkingDirectory(
+      this.ctx.workspace,
+      request.cwd,
+      "spec.cwd",
+    );
     const command = request.command.length > 0 ? request.command : defaultShell();
     const env = workspaceEnvironment(this.ctx, request.env);
     await assertExecutable(command[0] as string, cwd, env.PATH ?? "");
@@ -82,7 +87,7 @@ export class SessionTable {
           label: request.label,
           command,
           cwd,
-          relativeCwd: relative(this.ctx.workspace, cwd).split(sep).join("/") || ".",
+          relativeCwd,
           env,
           cols: request.cols || 80,
           rows: request.rows || 24,
@@ -140,26 +145,6 @@ export class SessionTable {
     clearTimeout(entry.removeTimer);
     entry.session.dispose();
     this.entries.delete(id);
-  }
-
-  /** Resolves a working directory inside the workspace (after symlinks); refuses escapes. */
-  private async resolveCwd(path: string): Promise<string> {
-    const root = this.ctx.workspace;
-    const wanted = path ? (isAbsolute(path) ? path : resolve(root, path)) : root;
-    let real: string;
-    try {
-      real = await realpath(wanted);
-    } catch {
-      throw new ConnectError(`working directory "${path}" does not exist`, Code.NotFound);
-    }
-    const rel = relative(root, real);
-    if (rel === ".." || rel.startsWith(`..${sep}`) || isAbsolute(rel)) {
-      throw new ConnectError(`working directory "${path}" is outside the workspace`, Code.PermissionDenied);
-    }
-    if (!(await stat(real)).isDirectory()) {
-      throw new ConnectError(`working directory "${path}" is not a directory`, Code.FailedPrecondition);
-    }
-    return real;
   }
 }
 

@@ -2,7 +2,7 @@ import { realpath, stat } from "node:fs/promises";
 import { dirname, isAbsolute, relative, resolve, sep } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 
-/** A process's working directory, checked to lie inside the workspace. */
+/** The working directory of a program the runner starts, checked to lie inside the workspace. */
 export interface WorkingDirectory {
   /** The real path (symlinks resolved) the process is started in. */
   absolute: string;
@@ -17,9 +17,14 @@ export interface WorkingDirectory {
  * FAILED_PRECONDITION. The process is started in the returned real path, so a symlink changed
  * after this check cannot move it elsewhere.
  */
-export async function resolveWorkingDirectory(workspace: string, requested: string): Promise<WorkingDirectory> {
+export async function resolveWorkingDirectory(
+  workspace: string,
+  requested: string,
+  field = "config.cwd",
+): Promise<WorkingDirectory> {
+  const escapes = () => new ConnectError(`${field} "${requested}" is outside the workspace`, Code.PermissionDenied);
   const lexical = resolve(workspace, requested || ".");
-  if (!isInside(workspace, lexical)) throw escapes(requested);
+  if (!isInside(workspace, lexical)) throw escapes();
   let real: string;
   try {
     real = await realpath(lexical);
@@ -27,7 +32,7 @@ export async function resolveWorkingDirectory(workspace: string, requested: stri
     const code = (error as NodeJS.ErrnoException).code;
     if (code !== "ENOENT" && code !== "ENOTDIR") {
       throw new ConnectError(
-        `config.cwd "${requested}" cannot be resolved: ${code}`,
+        `${field} "${requested}" cannot be resolved: ${code}`,
         Code.PermissionDenied,
         undefined,
         undefined,
@@ -36,12 +41,12 @@ export async function resolveWorkingDirectory(workspace: string, requested: stri
     }
     // Tell "missing" only about places inside the workspace: a missing path behind a symlink
     // that points out of it must not reveal what exists outside.
-    if (!isInside(workspace, await deepestExisting(lexical))) throw escapes(requested);
-    throw new ConnectError(`config.cwd "${requested}" does not exist`, Code.NotFound, undefined, undefined, error);
+    if (!isInside(workspace, await deepestExisting(lexical))) throw escapes();
+    throw new ConnectError(`${field} "${requested}" does not exist`, Code.NotFound, undefined, undefined, error);
   }
-  if (!isInside(workspace, real)) throw escapes(requested);
+  if (!isInside(workspace, real)) throw escapes();
   if (!(await stat(real)).isDirectory()) {
-    throw new ConnectError(`config.cwd "${requested}" is not a directory`, Code.FailedPrecondition);
+    throw new ConnectError(`${field} "${requested}" is not a directory`, Code.FailedPrecondition);
   }
   const inside = relative(workspace, real);
   return { absolute: real, relative: inside === "" ? "." : inside.split(sep).join("/") };
@@ -61,8 +66,4 @@ async function deepestExisting(path: string): Promise<string> {
       if (dirname(current) === current) return current;
     }
   }
-}
-
-function escapes(requested: string): ConnectError {
-  return new ConnectError(`config.cwd "${requested}" is outside the workspace`, Code.PermissionDenied);
 }
