@@ -119,7 +119,15 @@ async function throughput(
   await new Promise((resolve) => setTimeout(resolve, 300));
   const started = performance.now();
   void target.write(new Uint8Array([0x0a]));
-  await finished;
+  let timer: NodeJS.Timeout | undefined;
+  const limitMs = 300_000;
+  await Promise.race([
+    finished,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`only ${received} of ${bytes} bytes in ${limitMs} ms`)), limitMs);
+    }),
+  ]);
+  clearTimeout(timer);
   const seconds = (performance.now() - started) / 1000;
   await target.close();
   // Bytes the client fell behind on were not delivered to it: they do not count.
@@ -282,7 +290,16 @@ async function main(): Promise<void> {
     req.header.set("authorization", `Bearer ${token}`);
     return next(req);
   };
-  const grpc = createClient(TerminalService, createGrpcTransport({ baseUrl: runner.url, interceptors: [auth] }));
+  // As an SDK would configure it for terminal traffic: a stream window large enough that
+  // output is not held up waiting for WINDOW_UPDATE round trips (Node's default is 64 KiB).
+  const grpc = createClient(
+    TerminalService,
+    createGrpcTransport({
+      baseUrl: runner.url,
+      interceptors: [auth],
+      nodeOptions: { settings: { initialWindowSize: 4 * 1024 * 1024 } },
+    }),
+  );
   const connect = createClient(
     TerminalService,
     createConnectTransport({ baseUrl: runner.url, httpVersion: "1.1", interceptors: [auth] }),
