@@ -98,8 +98,9 @@ export async function* follow(
   let cursor = start.offset;
   let resizes = session.resizeCount;
   let lastSent = Date.now();
-  let kick: AbortController | undefined;
-  options.extra?.onReady(() => kick?.abort());
+  // Lets a pong that is ready cut short a wait for output.
+  const kick: { wake?: () => void } = {};
+  options.extra?.onReady(() => kick.wake?.());
   yield { case: "attached", value: start.attached };
   while (!options.signal.aborted) {
     const extra = options.extra?.take();
@@ -175,12 +176,6 @@ export async function* follow(
       yield { case: "keepalive", value: create(KeepaliveSchema, { sentAt: timestampFromDate(new Date()) }) };
       continue;
     }
-    if (options.extra) {
-      kick = new AbortController();
-      await session.changed(waitMs, AbortSignal.any([options.signal, kick.signal]));
-      kick = undefined;
-    } else {
-      await session.changed(waitMs, options.signal);
-    }
+    await session.changed(waitMs, options.signal, kick);
   }
 }

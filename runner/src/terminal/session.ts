@@ -190,20 +190,22 @@ export class TerminalSession {
   }
 
   /**
-   * Resolves when there is new output, a resize or the exit, or when `timeoutMs` passes
-   * or the signal aborts, whichever comes first.
+   * Resolves when there is new output, a resize or the exit, or when `timeoutMs` passes,
+   * the signal aborts or the caller's own `kick.wake()` is called, whichever comes first.
    */
-  changed(timeoutMs: number, signal: AbortSignal): Promise<void> {
+  changed(timeoutMs: number, signal: AbortSignal, kick?: { wake?: () => void }): Promise<void> {
     return new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
         signal.removeEventListener("abort", done);
         this.waiters.delete(done);
+        if (kick) kick.wake = undefined;
         resolve();
       };
       const timer = setTimeout(done, timeoutMs);
       signal.addEventListener("abort", done, { once: true });
       this.waiters.add(done);
+      if (kick) kick.wake = done;
     });
   }
 
