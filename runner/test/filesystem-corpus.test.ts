@@ -3,10 +3,10 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { dirname, join, relative } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import { type Client, Code } from "@connectrpc/connect";
 import { EntryType, FilesystemService, type UploadRequestSchema } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startTestRunner, type TestRunner } from "./harness.js";
+import { codeOf, startTestRunner, type TestRunner } from "./harness.js";
 
 // An adversarial corpus: every way out of the workspace we could think of, each with the
 // code the contract prescribes, run against a real runner over gRPC. Next to the workspace
@@ -40,15 +40,6 @@ function snapshot(root: string): string {
   };
   walk(root);
   return lines.join("\n");
-}
-
-async function codeOf(call: () => Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call();
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
 }
 
 beforeAll(async () => {

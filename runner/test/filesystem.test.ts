@@ -22,7 +22,7 @@ import {
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Resolver } from "../src/filesystem/resolver.js";
 import { startWatch } from "../src/filesystem/watch.js";
-import { startTestRunner, type TestRunner } from "./harness.js";
+import { codeOf, startTestRunner, type TestRunner } from "./harness.js";
 
 type FsClient = Client<typeof FilesystemService>;
 type UploadInit = MessageInitShape<typeof UploadRequestSchema>;
@@ -51,16 +51,6 @@ function fresh(): string {
   return rel;
 }
 const abs = (rel: string) => join(t.workspace, rel);
-
-/** The Connect code a call fails with, or "ok". */
-async function codeOf(call: () => Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call();
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
 
 async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
