@@ -1,6 +1,7 @@
 import { realpath, stat } from "node:fs/promises";
-import { dirname, isAbsolute, relative, resolve, sep } from "node:path";
+import { dirname, relative, resolve, sep } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { isSameOrBelow } from "./filesystem/paths.js";
 
 /** The working directory of a program the runner starts, checked to lie inside the workspace. */
 export interface WorkingDirectory {
@@ -24,7 +25,7 @@ export async function resolveWorkingDirectory(
 ): Promise<WorkingDirectory> {
   const escapes = () => new ConnectError(`${field} "${requested}" is outside the workspace`, Code.PermissionDenied);
   const lexical = resolve(workspace, requested || ".");
-  if (!isInside(workspace, lexical)) throw escapes();
+  if (!isSameOrBelow(lexical, workspace)) throw escapes();
   let real: string;
   try {
     real = await realpath(lexical);
@@ -41,20 +42,15 @@ export async function resolveWorkingDirectory(
     }
     // Tell "missing" only about places inside the workspace: a missing path behind a symlink
     // that points out of it must not reveal what exists outside.
-    if (!isInside(workspace, await deepestExisting(lexical))) throw escapes();
+    if (!isSameOrBelow(await deepestExisting(lexical), workspace)) throw escapes();
     throw new ConnectError(`${field} "${requested}" does not exist`, Code.NotFound, undefined, undefined, error);
   }
-  if (!isInside(workspace, real)) throw escapes();
+  if (!isSameOrBelow(real, workspace)) throw escapes();
   if (!(await stat(real)).isDirectory()) {
     throw new ConnectError(`${field} "${requested}" is not a directory`, Code.FailedPrecondition);
   }
   const inside = relative(workspace, real);
   return { absolute: real, relative: inside === "" ? "." : inside.split(sep).join("/") };
-}
-
-function isInside(root: string, path: string): boolean {
-  const rest = relative(root, path);
-  return rest === "" || (!rest.startsWith(`..${sep}`) && rest !== ".." && !isAbsolute(rest));
 }
 
 /** The real path of the nearest ancestor of `path` that exists. */

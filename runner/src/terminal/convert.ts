@@ -28,7 +28,7 @@ export function sessionInfo(session: TerminalSession): Session {
     attachedClients: session.attachedClients,
     outputOffset: BigInt(session.scrollback.end),
     oldestRetainedOffset: BigInt(session.scrollback.start),
-    lastActivityAt: timestampFromDate(session.lastActivityAt),
+    lastActivityAt: timestampFromDate(new Date(session.lastActivityMs)),
     detachedLifetimeMs: session.detachedLifetimeMs,
     expiresAt: expiresAt ? timestampFromDate(expiresAt) : undefined,
   });

@@ -64,7 +64,8 @@ export class TerminalSession {
   readonly input: InputSequencer;
   cols: number;
   rows: number;
-  lastActivityAt = new Date();
+  /** The last input or output, in ms since the epoch. */
+  lastActivityMs = Date.now();
   exit: SessionExit | undefined;
   /** Bumped on every resize, so clients can tell they have a resize to report. */
   resizeCount = 0;
@@ -139,7 +140,7 @@ export class TerminalSession {
   private onOutput(data: Buffer): void {
     this.scrollback.append(data);
     this.screen.onOutput();
-    this.lastActivityAt = new Date();
+    this.lastActivityMs = Date.now();
     this.env.activity.touch();
     this.wake();
   }
@@ -148,7 +149,7 @@ export class TerminalSession {
   write(data: Uint8Array): void {
     if (this.exit) throw new ConnectError(`session "${this.id}" has exited`, Code.FailedPrecondition);
     this.pty.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
-    this.lastActivityAt = new Date();
+    this.lastActivityMs = Date.now();
     this.env.activity.touch();
   }
 
@@ -210,7 +211,8 @@ export class TerminalSession {
   }
 
   private wake(): void {
-    for (const waiter of [...this.waiters]) waiter();
+    // A waiter removes itself while called; a Set's iteration allows that.
+    for (const waiter of this.waiters) waiter();
   }
 
   /**

@@ -63,12 +63,7 @@ export class SessionTable {
   async create(request: SessionRequest): Promise<TerminalSession> {
     assertAcceptingWork(this.ctx);
     const { config } = this.ctx;
-    const running = this.list().filter((e) => !e.session.exit).length;
-    if (running >= config.maxSessions) {
-      throw new ConnectError(`the runner already has ${running} sessions (the limit)`, Code.ResourceExhausted);
-    }
     const id = request.id || `s-${randomBytes(6).toString("hex")}`;
-    if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
     const { absolute: cwd, relative: relativeCwd } = await resolveWorkingDirectory(
       this.ctx.workspace,
       request.cwd,
@@ -78,7 +73,14 @@ export class SessionTable {
     const env = workspaceEnvironment(this.ctx, request.env);
     await assertExecutable(command[0] as string, cwd, env.PATH ?? "");
     await loadEmulator();
+    // The checks that concurrent creates could race on come after the last await, right
+    // before the session is added.
+    assertAcceptingWork(this.ctx);
     if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
+    const running = this.list().filter((e) => !e.session.exit).length;
+    if (running >= config.maxSessions) {
+      throw new ConnectError(`the runner already has ${running} sessions (the limit)`, Code.ResourceExhausted);
+    }
     let session: TerminalSession;
     try {
       session = new TerminalSession(

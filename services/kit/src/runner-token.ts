@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type CryptoKey, decodeJwt, errors, type JWTPayload, jwtVerify, SignJWT } from "jose";
+import { type CryptoKey, errors, type JWTPayload, jwtVerify, SignJWT } from "jose";
 
 /** The issuer of every runner token. */
 export const runnerTokenIssuer = "devex-core";
@@ -15,6 +15,12 @@ export interface RunnerTokenClaims {
   userId: string;
   /** `user` for people and programs, `core` for core's own calls (RunnerService). */
   role: "user" | "core";
+}
+
+/** The claims of a token that verified, and when it expires. */
+export interface VerifiedRunnerToken extends RunnerTokenClaims {
+  /** The token's expiry (its `exp`), in ms since the epoch. */
+  expiresAtMs: number;
 }
 
 /** Options for {@link signRunnerToken}. */
@@ -45,7 +51,7 @@ export async function verifyRunnerToken(
   replId: string,
   token: string,
   clockToleranceSec = 5,
-): Promise<RunnerTokenClaims> {
+): Promise<VerifiedRunnerToken> {
   let payload: JWTPayload;
   try {
     ({ payload } = await jwtVerify(token, publicKey, {
@@ -65,7 +71,7 @@ export async function verifyRunnerToken(
     );
   }
   const role = payload.role === "core" ? "core" : "user";
-  return { replId, userId: String(payload.sub), role };
+  return { replId, userId: String(payload.sub), role, expiresAtMs: Number(payload.exp) * 1000 };
 }
 
 function describeJoseError(error: unknown): string {
@@ -95,20 +101,17 @@ export function createRunnerTokenVerifier(
   replId: string,
   maxEntries = 1024,
 ): (token: string) => Promise<RunnerTokenClaims> {
-  const verified = new Map<string, { claims: RunnerTokenClaims; expiresAtMs: number }>();
+  const verified = new Map<string, VerifiedRunnerToken>();
   return async (token) => {
     const hit = verified.get(token);
-    if (hit && hit.expiresAtMs > Date.now()) return hit.claims;
+    if (hit && hit.expiresAtMs > Date.now()) return hit;
     verified.delete(token);
-    const claims = await verifyRunnerToken(publicKey, replId, token, 0);
-    const { exp } = decodeJwt(token);
-    if (exp !== undefined) {
-      if (verified.size >= maxEntries) {
-        const oldest = verified.keys().next().value;
-        if (oldest !== undefined) verified.delete(oldest);
-      }
-      verified.set(token, { claims, expiresAtMs: exp * 1000 });
+    const claims = await verifyRunnerToken(publicKey, replId, token);
+    if (verified.size >= maxEntries) {
+      const oldest = verified.keys().next().value;
+      if (oldest !== undefined) verified.delete(oldest);
     }
+    verified.set(token, claims);
     return claims;
   };
 }
