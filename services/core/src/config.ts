@@ -1,0 +1,188 @@
+import {
+  booleanSchema,
+  type ConfigOf,
+  durationMsSchema,
+  integerSchema,
+  oneOfSchema,
+  optional,
+  portSchema,
+  serverSettings,
+  setting,
+  textSchema,
+  withDefault,
+} from "@devex/kit";
+
+/** Every setting of core; `npm run core -- --help` prints them. */
+export const coreSettings = {
+  ...serverSettings("core", 8080),
+  dataDir: setting({
+    flag: "data-dir",
+    env: "DEVEX_DATA_DIR",
+    schema: withDefault(textSchema, ".devex/data"),
+    description: "Where core keeps its keys, the embedded state and local workspaces. Default .devex/data.",
+  }),
+  publicUrl: setting({
+    flag: "public-url",
+    env: "DEVEX_PUBLIC_URL",
+    schema: optional(textSchema),
+    description: "The URL people reach core at (OAuth callbacks, CSRF origin). Default http://<host>:<port>.",
+  }),
+  replPort: setting({
+    flag: "repl-port",
+    env: "DEVEX_REPL_PORT",
+    schema: withDefault(portSchema, 8081),
+    description:
+      "Port of the repl origin: <repl url>/<repl id>/<runner RPC> is routed to the repl's runner. Default 8081.",
+  }),
+  replPublicUrl: setting({
+    flag: "repl-public-url",
+    env: "DEVEX_REPL_PUBLIC_URL",
+    schema: optional(textSchema),
+    description: "The URL people reach the repl origin at. Default http://<host>:<repl port>.",
+  }),
+  stateStore: setting({
+    flag: "state-store",
+    env: "DEVEX_STATE_STORE",
+    schema: withDefault(oneOfSchema(["embedded", "redis"]), "embedded"),
+    description: "Where state lives: embedded (under the data directory) or redis. Default embedded.",
+  }),
+  redisUrl: setting({
+    flag: "redis-url",
+    env: "DEVEX_REDIS_URL",
+    schema: withDefault(textSchema, "redis://127.0.0.1:6379"),
+    description: "Redis URL when --state-store=redis. Default redis://127.0.0.1:6379.",
+  }),
+  redisKeyPrefix: setting({
+    flag: "redis-key-prefix",
+    env: "DEVEX_REDIS_KEY_PREFIX",
+    schema: withDefault(textSchema, "devex:"),
+    description: "Prefix of every Redis key core writes. Default devex:.",
+  }),
+  runnerEntry: setting({
+    flag: "runner-entry",
+    env: "DEVEX_RUNNER_ENTRY",
+    schema: withDefault(textSchema, "runner/dist/main.js"),
+    description:
+      "The runner bundle the local orchestrator starts (npm run build makes it). Default runner/dist/main.js.",
+  }),
+  templatesDir: setting({
+    flag: "templates-dir",
+    env: "DEVEX_TEMPLATES_DIR",
+    schema: withDefault(textSchema, "templates"),
+    description: "The folder of repl templates (one folder each, with template.json). Default templates.",
+  }),
+  devLogin: setting({
+    flag: "dev-login",
+    env: "DEVEX_DEV_LOGIN",
+    boolean: true,
+    schema: withDefault(booleanSchema, false),
+    description: "Enables the dev login (any user name, no password): for the embedded mode on a laptop only.",
+  }),
+  devApiKey: setting({
+    flag: "dev-api-key",
+    env: "DEVEX_DEV_API_KEY",
+    boolean: true,
+    schema: withDefault(booleanSchema, false),
+    description: "Creates (once) an admin user `dev` with an API key, and prints the key at start-up.",
+  }),
+  githubClientId: setting({
+    flag: "github-client-id",
+    env: "DEVEX_GITHUB_CLIENT_ID",
+    schema: optional(textSchema),
+    description: "GitHub OAuth app client id; enables GitHub login.",
+  }),
+  githubClientSecret: setting({
+    flag: "github-client-secret",
+    env: "DEVEX_GITHUB_CLIENT_SECRET",
+    schema: optional(textSchema),
+    description: "GitHub OAuth app client secret.",
+  }),
+  githubUrl: setting({
+    flag: "github-url",
+    env: "DEVEX_GITHUB_URL",
+    schema: withDefault(textSchema, "https://github.com"),
+    description: "GitHub's web URL (authorize and token endpoints). Default https://github.com.",
+  }),
+  githubApiUrl: setting({
+    flag: "github-api-url",
+    env: "DEVEX_GITHUB_API_URL",
+    schema: withDefault(textSchema, "https://api.github.com"),
+    description: "GitHub's API URL (user and emails). Default https://api.github.com.",
+  }),
+  oidcIssuer: setting({
+    flag: "oidc-issuer",
+    env: "DEVEX_OIDC_ISSUER",
+    schema: optional(textSchema),
+    description: "OpenID Connect issuer URL (discovery); enables OIDC login.",
+  }),
+  oidcClientId: setting({
+    flag: "oidc-client-id",
+    env: "DEVEX_OIDC_CLIENT_ID",
+    schema: optional(textSchema),
+    description: "OpenID Connect client id.",
+  }),
+  oidcClientSecret: setting({
+    flag: "oidc-client-secret",
+    env: "DEVEX_OIDC_CLIENT_SECRET",
+    schema: optional(textSchema),
+    description: "OpenID Connect client secret.",
+  }),
+  oidcDisplayName: setting({
+    flag: "oidc-display-name",
+    env: "DEVEX_OIDC_DISPLAY_NAME",
+    schema: withDefault(textSchema, "Single sign-on"),
+    description: "The name login pages show for the OIDC provider. Default Single sign-on.",
+  }),
+  adminUsers: setting({
+    flag: "admin-users",
+    env: "DEVEX_ADMIN_USERS",
+    schema: optional(textSchema),
+    description:
+      "Comma-separated provider:subject identities (github:12345, oidc:<sub>, dev:alice) made admins at login.",
+  }),
+  sessionTtlMs: setting({
+    flag: "session-ttl-ms",
+    env: "DEVEX_SESSION_TTL_MS",
+    schema: withDefault(durationMsSchema(60_000, 90 * 86_400_000), 14 * 86_400_000),
+    description: "How long a browser session lasts without use, in ms. Default 14 days.",
+  }),
+  replQuota: setting({
+    flag: "repl-quota",
+    env: "DEVEX_REPL_QUOTA",
+    schema: withDefault(integerSchema(1, 100_000), 20),
+    description: "Repls one user may own. Default 20.",
+  }),
+  idleTimeoutMs: setting({
+    flag: "idle-timeout-ms",
+    env: "DEVEX_IDLE_TIMEOUT_MS",
+    schema: withDefault(durationMsSchema(1_000, 86_400_000), 300_000),
+    description: "Default idle timeout of a repl (a repl may set its own), in ms. Default 300000 (5 minutes).",
+  }),
+  idleCheckIntervalMs: setting({
+    flag: "idle-check-interval-ms",
+    env: "DEVEX_IDLE_CHECK_INTERVAL_MS",
+    schema: withDefault(durationMsSchema(100, 600_000), 15_000),
+    description: "How often core asks running runners for their activity, in ms. Default 15000.",
+  }),
+  reconcileIntervalMs: setting({
+    flag: "reconcile-interval-ms",
+    env: "DEVEX_RECONCILE_INTERVAL_MS",
+    schema: withDefault(durationMsSchema(100, 3_600_000), 30_000),
+    description: "How often the reconciler compares records with runners, in ms. Default 30000.",
+  }),
+  startTimeoutMs: setting({
+    flag: "start-timeout-ms",
+    env: "DEVEX_START_TIMEOUT_MS",
+    schema: withDefault(durationMsSchema(1_000, 600_000), 60_000),
+    description: "How long a runner may take to become healthy before the start fails, in ms. Default 60000.",
+  }),
+  runnerTokenTtlMs: setting({
+    flag: "runner-token-ttl-ms",
+    env: "DEVEX_RUNNER_TOKEN_TTL_MS",
+    schema: withDefault(durationMsSchema(10_000, 86_400_000), 3_600_000),
+    description: "Lifetime of the runner tokens core hands out, in ms. Default 3600000 (1 hour).",
+  }),
+};
+
+/** Core's validated configuration. */
+export type CoreConfig = ConfigOf<typeof coreSettings>;

@@ -1,0 +1,53 @@
+/**
+ * The orchestrator: where runners run. The local driver starts one process per active
+ * repl; the Kubernetes driver (one Deployment per repl) fits the same interface. Starting
+ * is asynchronous: `start` asks for a runner, `waitReady` waits for it to be healthy.
+ */
+
+/** What a runner is started with. */
+export interface RunnerSpec {
+  replId: string;
+  /** The repl's owner (labels, logs). */
+  userId: string;
+  templateName: string;
+}
+
+/** The phase of a runner as the orchestrator sees it. */
+export type RunnerPhase = "starting" | "ready" | "stopping" | "exited";
+
+/** A runner the orchestrator knows about. */
+export interface RunnerInstance {
+  replId: string;
+  userId: string;
+  phase: RunnerPhase;
+  /** Core's URL for the runner's API (loopback for the local driver, a Service for Kubernetes). */
+  endpoint: string;
+  startedAtMs: number;
+  /** Why it exited or is not ready, when known. */
+  detail?: string;
+}
+
+/** The orchestration driver. Every method is idempotent. */
+export interface Orchestrator {
+  /** The driver's name, for logs (`local`, `kubernetes`). */
+  readonly driver: string;
+  /** Asks for a runner for the repl; returns the existing one if there is one. */
+  start(spec: RunnerSpec, signal?: AbortSignal): Promise<RunnerInstance>;
+  /** Waits until the repl's runner reports SERVING on grpc.health.v1, or fails (Unavailable, DeadlineExceeded). */
+  waitReady(replId: string, timeoutMs: number, signal?: AbortSignal): Promise<RunnerInstance>;
+  /** The repl's runner, or undefined when none runs. */
+  get(replId: string): Promise<RunnerInstance | undefined>;
+  /** Every runner this driver can see, including ones started before core restarted (for the reconciler). */
+  list(): Promise<RunnerInstance[]>;
+  /**
+   * Tears the runner down: a graceful RunnerService.Shutdown, then force after `graceMs`.
+   * The caller saves the workspace first. Resolves when it is gone; no runner is fine.
+   */
+  stop(replId: string, graceMs: number): Promise<void>;
+  /** Where a repl's workspace lives for this driver (local: a directory under the data directory). */
+  workspacePath(replId: string): string;
+  /** Removes the repl's workspace (delete). */
+  removeWorkspace(replId: string): Promise<void>;
+  /** Stops watching runners; with `stopRunners`, stops every runner too (local Ctrl-C). */
+  close(options?: { stopRunners?: boolean }): Promise<void>;
+}
