@@ -68,8 +68,8 @@ export async function createEmbeddedStore(options: EmbeddedStoreOptions = {}): P
       }
       for (const { index, member } of transaction.indexRemoves ?? []) indexes.get(index)?.delete(member);
       for (const { index, member } of transaction.indexAdds ?? []) {
-        let set = indexes.get(index);
-        if (!set) indexes.set(index, (set = new Set()));
+        const set = indexes.get(index) ?? new Set<string>();
+        indexes.set(index, set);
         set.add(member);
       }
       return { ok: true, versions };
