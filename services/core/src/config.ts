@@ -146,6 +146,26 @@ export const coreSettings = {
     schema: withDefault(durationMsSchema(60_000, 90 * 86_400_000), 14 * 86_400_000),
     description: "How long a browser session lasts without use, in ms. Default 14 days.",
   }),
+  authFailureLimit: setting({
+    flag: "auth-failure-limit",
+    env: "DEVEX_AUTH_FAILURE_LIMIT",
+    schema: withDefault(integerSchema(1, 1_000_000), 20),
+    description:
+      "Failed logins and bad credentials one client address may send per window before it is refused. Default 20.",
+  }),
+  authFailureWindowMs: setting({
+    flag: "auth-failure-window-ms",
+    env: "DEVEX_AUTH_FAILURE_WINDOW_MS",
+    schema: withDefault(durationMsSchema(1_000, 86_400_000), 300_000),
+    description: "The window of --auth-failure-limit, in ms. Default 300000 (5 minutes).",
+  }),
+  trustProxy: setting({
+    flag: "trust-proxy",
+    env: "DEVEX_TRUST_PROXY",
+    boolean: true,
+    schema: withDefault(booleanSchema, false),
+    description: "Take the client address from X-Forwarded-For (only behind a proxy that sets it).",
+  }),
   replQuota: setting({
     flag: "repl-quota",
     env: "DEVEX_REPL_QUOTA",

@@ -1,7 +1,14 @@
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  createContextKey,
+  createContextValues,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import type { Logger } from "pino";
@@ -18,6 +25,12 @@ export type HttpResponse = Parameters<NodeHandler>[1];
 
 /** A plain HTTP handler for requests that are not RPCs (for example core's routing to runners). */
 export type HttpFallback = (req: HttpRequest, res: HttpResponse) => boolean | Promise<boolean>;
+
+/**
+ * The address of the peer that sent an RPC (the TCP peer, never a header), for rate
+ * limits and logs: `ctx.values.get(clientAddressKey)`.
+ */
+export const clientAddressKey = createContextKey<string>("", { description: "client address" });
 
 /** Options for {@link startServer}. */
 export interface ServerOptions {
@@ -83,6 +96,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   const serviceNames = new Set<string>();
 
   const handler = connectNodeAdapter({
+    contextValues: (req) => createContextValues().set(clientAddressKey, req.socket?.remoteAddress ?? ""),
     routes(router) {
       options.routes(router);
       health.routes(router);

@@ -11,6 +11,8 @@ export interface SpawnedService {
   url: string;
   port: number;
   child: ChildProcess;
+  /** The log record that said the service is ready (its `msg` was the awaited one). */
+  ready: Record<string, unknown>;
   /** Every line the process wrote to stdout and stderr so far. */
   output: string[];
   /** Sends SIGTERM and resolves with the exit code once the process has exited. */
@@ -21,13 +23,15 @@ export interface SpawnedService {
  * Starts a service entry point on a free port with the given extra arguments, and
  * resolves once it logs that it listens. A TypeScript entry (`runner/src/main.ts`) runs
  * through tsx; a built one (`runner/dist/main.js`, from `npm run build`) on plain Node
- * with `nodeOptions`.
+ * with `nodeOptions`. It is ready when it logs a record whose `msg` is `readyMessage`
+ * (default `listening`) with a `port`.
  */
 export async function spawnService(
   entry: string,
   args: string[] = [],
   env: Record<string, string> = {},
   nodeOptions: string[] = [],
+  readyMessage = "listening",
 ): Promise<SpawnedService> {
   const loader = entry.endsWith(".ts") ? ["--import", "tsx"] : [];
   const child = spawn(process.execPath, [...nodeOptions, ...loader, join(repoRoot, entry), "--port", "0", ...args], {
@@ -37,6 +41,7 @@ export async function spawnService(
   });
   const output: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  let ready: Record<string, unknown> = {};
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${entry} did not start:\n${output.join("\n")}`)), 30_000);
     const onLine = (line: string) => {
@@ -44,8 +49,9 @@ export async function spawnService(
       if (!line.startsWith("{")) return;
       try {
         const record = JSON.parse(line) as { msg?: string; port?: number };
-        if (record.msg === "listening" && record.port) {
+        if (record.msg === readyMessage && record.port) {
           clearTimeout(timer);
+          ready = record;
           resolve(record.port);
         }
       } catch {
@@ -62,6 +68,7 @@ export async function spawnService(
   return {
     url: `http://127.0.0.1:${port}`,
     port,
+    ready,
     child,
     output,
     stop(signal = "SIGTERM") {
