@@ -1,0 +1,157 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { RunnerService, ShutdownRequestSchema } from "@devex/gen/devex/runner/v1/runner_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
+import { signRunnerToken } from "@devex/kit";
+import type { RunnerInstance } from "./orchestrator.js";
+import type { TokenKeys } from "./token-keys.js";
+
+/** What a runner reports about itself (RunnerService.GetStatus), after core checked that it is the right runner. */
+export interface RunnerStatus {
+  replId: string;
+  /** Open Attach, StreamOutput and process streams right now. */
+  attachedClients: number;
+  sessionCount: number;
+  runningProcessCount: number;
+  /** The last activity (input, output, attach or detach), in ms since the epoch; 0 if none was reported. */
+  lastActivityAtMs: number;
+  /** Since when the runner has been idle, in ms since the epoch; unset while a client is attached. */
+  idleSinceMs?: number;
+  /** The runner's version. */
+  version: string;
+}
+
+/** The part of a {@link RunnerInstance} a call needs: which repl, and where its runner is. */
+export type RunnerTarget = Pick<RunnerInstance, "replId" | "endpoint">;
+
+/** Options for {@link RunnerCaller.shutdown}. */
+export interface RunnerShutdownOptions {
+  /** How long sessions and processes get after SIGHUP/SIGTERM, in ms (the runner caps it at 300000). Default 10000. */
+  graceMs?: number;
+  /** Why, for the runner's log and its clients' exit events. Default "stopped by core". */
+  reason?: string;
+  signal?: AbortSignal;
+}
+
+/** Core's calls to runners (RunnerService and health), authenticated with core-role tokens. */
+export interface RunnerCaller {
+  /**
+   * The runner's status. Throws FailedPrecondition when the runner at the endpoint serves
+   * another repl than `target.replId`: nothing it says is trusted without that check.
+   */
+  status(target: RunnerTarget, signal?: AbortSignal): Promise<RunnerStatus>;
+  /** Whether `grpc.health.v1.Health/Check` at the endpoint answers SERVING; false on any failure. */
+  health(endpoint: string, signal?: AbortSignal): Promise<boolean>;
+  /** Drains the runner (RunnerService.Shutdown); resolves when its sessions and processes have ended. */
+  shutdown(target: RunnerTarget, options?: RunnerShutdownOptions): Promise<void>;
+  /** Drops the connection and cached token of a runner that is gone. */
+  forget(target: RunnerTarget): void;
+  /** Closes every connection. */
+  close(): void;
+}
+
+/** Options for {@link createRunnerCaller}. */
+export interface RunnerCallerOptions {
+  /** The deadline of each status and health call, in ms. Default 5000. */
+  callTimeoutMs?: number;
+  /** The lifetime of the core-role tokens minted for the calls, in ms. Default 300000 (5 minutes). */
+  tokenTtlMs?: number;
+}
+
+/** Core's own identity in the tokens it mints for itself. */
+const coreUserId = "core";
+/** A cached token is replaced once less than this is left of its lifetime. */
+const tokenRenewBeforeMs = 60_000;
+
+/**
+ * Creates core's client for runners: gRPC over h2c, one HTTP/2 connection per runner
+ * endpoint, and a core-role token per repl minted on demand and reused until shortly
+ * before it expires.
+ */
+export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOptions = {}): RunnerCaller {
+  const callTimeoutMs = options.callTimeoutMs ?? 5_000;
+  const tokenTtlMs = Math.max(options.tokenTtlMs ?? 300_000, 2 * tokenRenewBeforeMs);
+  const sessions = new Map<string, Http2SessionManager>();
+  const tokens = new Map<string, { token: Promise<string>; expiresAtMs: number }>();
+
+  const tokenFor = (replId: string): Promise<string> => {
+    const now = Date.now();
+    const cached = tokens.get(replId);
+    if (cached && cached.expiresAtMs - now > tokenRenewBeforeMs) return cached.token;
+    for (const [id, entry] of tokens) if (entry.expiresAtMs <= now) tokens.delete(id);
+    const token = signRunnerToken(tokenKeys.privateKey, {
+      replId,
+      userId: coreUserId,
+      role: "core",
+      ttlMs: tokenTtlMs,
+    });
+    tokens.set(replId, { token, expiresAtMs: now + tokenTtlMs });
+    token.catch(() => tokens.delete(replId));
+    return token;
+  };
+
+  const transportFor = (endpoint: string, replId?: string) => {
+    let sessionManager = sessions.get(endpoint);
+    if (!sessionManager) {
+      sessionManager = new Http2SessionManager(endpoint, { idleConnectionTimeoutMs: 60_000 });
+      sessions.set(endpoint, sessionManager);
+    }
+    const auth: Interceptor = (next) => async (req) => {
+      if (replId !== undefined) req.header.set("authorization", `Bearer ${await tokenFor(replId)}`);
+      return next(req);
+    };
+    return createGrpcTransport({ baseUrl: endpoint, sessionManager, interceptors: [auth] });
+  };
+
+  return {
+    async status(target, signal) {
+      const client = createClient(RunnerService, transportFor(target.endpoint, target.replId));
+      const res = await client.getStatus({}, { signal, timeoutMs: callTimeoutMs });
+      if (res.replId !== target.replId) {
+        throw new ConnectError(
+          `the runner at ${target.endpoint} serves ${res.replId || "no repl"}, not ${target.replId}`,
+          Code.FailedPrecondition,
+        );
+      }
+      return {
+        replId: res.replId,
+        attachedClients: res.attachedClients,
+        sessionCount: res.sessionCount,
+        runningProcessCount: res.runningProcessCount,
+        lastActivityAtMs: res.lastActivityAt ? timestampMs(res.lastActivityAt) : 0,
+        ...(res.idleSince ? { idleSinceMs: timestampMs(res.idleSince) } : {}),
+        version: res.version,
+      };
+    },
+    async health(endpoint, signal) {
+      try {
+        const res = await createClient(Health, transportFor(endpoint)).check({}, { signal, timeoutMs: callTimeoutMs });
+        return res.status === HealthCheckResponse_ServingStatus.SERVING;
+      } catch {
+        return false;
+      }
+    },
+    async shutdown(target, shutdownOptions = {}) {
+      const graceMs = Math.min(Math.max(Math.round(shutdownOptions.graceMs ?? 10_000), 0), 300_000);
+      const client = createClient(RunnerService, transportFor(target.endpoint, target.replId));
+      const request = create(ShutdownRequestSchema, {
+        // 0 would mean the runner's default of 10 s: the shortest grace it takes is 1 ms.
+        gracePeriodMs: Math.max(graceMs, 1),
+        reason: shutdownOptions.reason ?? "stopped by core",
+      });
+      await client.shutdown(request, { signal: shutdownOptions.signal, timeoutMs: graceMs + callTimeoutMs });
+    },
+    forget(target) {
+      sessions.get(target.endpoint)?.abort();
+      sessions.delete(target.endpoint);
+      tokens.delete(target.replId);
+    },
+    close() {
+      for (const sessionManager of sessions.values()) sessionManager.abort();
+      sessions.clear();
+      tokens.clear();
+    },
+  };
+}

@@ -1,0 +1,312 @@
+import { createHash, randomBytes } from "node:crypto";
+import * as http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
+import { RunnerService } from "@devex/gen/devex/runner/v1/runner_pb.js";
+import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
+import { createLogger, type Server } from "@devex/kit";
+import { bufCurl } from "@devex/kit/testing";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AttachClient, plainBash } from "../../../runner/test/attach-client.js";
+import { startTestRunner, type TestRunner } from "../../../runner/test/harness.js";
+import { newId } from "../src/ids.js";
+import { createReplProxy, type ReplProxy, startReplOrigin } from "../src/routing/proxy.js";
+
+type Protocol = "grpc" | "connect-h1" | "grpc-web-h1";
+
+const logger = createLogger({ service: "core", level: process.env.DEVEX_TEST_LOG_LEVEL ?? "silent" });
+/** A repl whose runner endpoint is a port nothing listens on. */
+const unreachableReplId = newId("repl");
+/** A repl whose runner breaks its streams. */
+const brokenReplId = newId("repl");
+let brokenEndpoint: string | undefined;
+let runner: TestRunner;
+let proxy: ReplProxy;
+let origin: Server;
+let userToken: string;
+
+function transport(baseUrl: string, protocol: Protocol, token?: string): Transport {
+  const interceptors: Interceptor[] = token
+    ? [
+        (next) => (req) => {
+          req.header.set("authorization", `Bearer ${token}`);
+          return next(req);
+        },
+      ]
+    : [];
+  if (protocol === "connect-h1") return createConnectTransport({ baseUrl, httpVersion: "1.1", interceptors });
+  if (protocol === "grpc-web-h1") return createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors });
+  return createGrpcTransport({ baseUrl, interceptors });
+}
+
+/** A client of a runner service through the repl origin, as a browser, the SDK or the CLI has it. */
+function viaProxy<S extends DescService>(
+  service: S,
+  protocol: Protocol = "grpc",
+  token: string | undefined = userToken,
+) {
+  return createClient(service, transport(`${origin.url}/${runner.replId}`, protocol, token));
+}
+
+async function codeOf(call: () => Promise<unknown>): Promise<Code | "ok"> {
+  try {
+    await call();
+    return "ok";
+  } catch (error) {
+    return ConnectError.from(error).code;
+  }
+}
+
+async function attachedClients(): Promise<number> {
+  const control = await runner.client(RunnerService, { role: "core" });
+  return (await control.getStatus({})).attachedClients;
+}
+
+async function until(predicate: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+beforeAll(async () => {
+  runner = await startTestRunner();
+  userToken = await runner.token("user", 3_600_000);
+  proxy = createReplProxy({
+    logger,
+    async resolve(replId) {
+      if (replId === runner.replId) return runner.url;
+      if (replId === unreachableReplId) return "http://127.0.0.1:1";
+      if (replId === brokenReplId) return brokenEndpoint;
+      return undefined;
+    },
+  });
+  origin = await startReplOrigin({ port: 0, logger, proxy, shutdownGraceMs: 500 });
+});
+
+afterAll(async () => {
+  await origin?.close(500);
+  await proxy?.close();
+  await runner?.close();
+});
+
+describe("repl proxy", () => {
+  it("carries a bidirectional terminal (Attach) over h2c: a shell runs a command and its output comes back", async () => {
+    const terminal = viaProxy(TerminalService, "grpc");
+    const client = new AttachClient(terminal, {
+      target: { case: "create", value: { command: plainBash, cols: 80, rows: 24 } } as never,
+    });
+    await client.until((c) => c.of("attached").length > 0, "attached");
+    client.type("echo hi-$((40+2))\r");
+    await client.waitForText("hi-42");
+    // Full duplex: more input after output has come back on the same stream.
+    client.type("echo again-$((6*7))\r");
+    await client.waitForText("again-42");
+    client.type("exit\r");
+    await client.until((c) => c.of("exit").length > 0, "exit");
+    await client.finish();
+    expect(client.error).toBeUndefined();
+  });
+
+  it("serves the browser form over Connect on HTTP/1.1: CreateSession, StreamOutput, WriteInput", async () => {
+    const terminal = viaProxy(TerminalService, "connect-h1");
+    const { session } = await terminal.createSession({ spec: { command: plainBash } });
+    const sessionId = session?.id ?? "";
+    const abort = new AbortController();
+    let text = "";
+    const reading = (async () => {
+      for await (const res of terminal.streamOutput({ sessionId }, { signal: abort.signal })) {
+        if (res.event.case === "output") text += new TextDecoder().decode(res.event.value.data);
+        if (text.includes("browser-42")) return;
+      }
+    })();
+    await until(async () => (await attachedClients()) === 1, "the stream to be attached");
+    await terminal.writeInput({ sessionId, data: new TextEncoder().encode("echo browser-$((6*7))\r") });
+    await reading;
+    expect(text).toContain("browser-42");
+    abort.abort();
+    await terminal.closeSession({ sessionId, force: true });
+  });
+
+  it("streams a 4 MiB download through unchanged, over gRPC and over Connect on HTTP/1.1", async () => {
+    const content = randomBytes(4 * 1024 * 1024);
+    const direct = await runner.client(FilesystemService);
+    await direct.writeFile({ path: "big.bin", content });
+    const sha256 = createHash("sha256").update(content).digest("hex");
+    for (const protocol of ["grpc", "connect-h1", "grpc-web-h1"] as const) {
+      const chunks: Uint8Array[] = [];
+      let trailer = "";
+      for await (const res of viaProxy(FilesystemService, protocol).download({ path: "big.bin" })) {
+        if (res.kind.case === "chunk") chunks.push(res.kind.value);
+        if (res.kind.case === "trailer") trailer = res.kind.value.sha256;
+      }
+      expect(chunks.length, protocol).toBeGreaterThan(1);
+      expect(Buffer.concat(chunks).equals(content), protocol).toBe(true);
+      expect(trailer, protocol).toBe(sha256);
+    }
+  });
+
+  it("keeps serving other calls to a runner while callers that do not read hold their downloads", async () => {
+    const direct = await runner.client(FilesystemService);
+    await direct.writeFile({ path: "stalled.bin", content: randomBytes(4 * 1024 * 1024) });
+    // Each stalled caller on its own connection; upstream they share one HTTP/2 connection.
+    const stalled: AsyncIterator<unknown>[] = [];
+    for (let i = 0; i < 4; i++) {
+      const iterator = viaProxy(FilesystemService).download({ path: "stalled.bin" })[Symbol.asyncIterator]();
+      await iterator.next();
+      stalled.push(iterator);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const fs = viaProxy(FilesystemService);
+    expect((await fs.stat({ path: "." }, { timeoutMs: 5_000 })).entry?.path).toBe(".");
+    let bytes = 0;
+    for await (const res of fs.download({ path: "stalled.bin" }, { timeoutMs: 10_000 })) {
+      if (res.kind.case === "chunk") bytes += res.kind.value.length;
+    }
+    expect(bytes).toBe(4 * 1024 * 1024);
+    for (const iterator of stalled) while (!(await iterator.next()).done);
+  });
+
+  it("works for buf curl: reflection lists the runner's methods, and Stat answers with the token", async () => {
+    const base = `${origin.url}/${runner.replId}`;
+    const listed = await bufCurl(["--protocol", "grpc", "--http2-prior-knowledge", "--list-methods", base]);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toContain("devex.runner.v1.FilesystemService/Stat");
+
+    const url = `${base}/devex.runner.v1.FilesystemService/Stat`;
+    const auth = ["-H", `Authorization: Bearer ${userToken}`];
+    const grpc = await bufCurl(["--protocol", "grpc", "--http2-prior-knowledge", ...auth, "-d", '{"path":"."}', url]);
+    expect(grpc.code, grpc.stderr).toBe(0);
+    expect(JSON.parse(grpc.stdout)).toMatchObject({ entry: { path: "." } });
+    const connect = await bufCurl(["--protocol", "connect", ...auth, "-d", '{"path":"."}', url]);
+    expect(connect.code, connect.stderr).toBe(0);
+    expect(JSON.parse(connect.stdout)).toMatchObject({ entry: { path: "." } });
+  });
+
+  it("answers NotFound for an unknown repl in the caller's protocol", async () => {
+    const unknown = `${origin.url}/${newId("repl")}`;
+    for (const protocol of ["grpc", "connect-h1", "grpc-web-h1"] as const) {
+      const fs = createClient(FilesystemService, transport(unknown, protocol, userToken));
+      expect(await codeOf(() => fs.stat({ path: "." })), protocol).toBe(Code.NotFound);
+      const terminal = createClient(TerminalService, transport(unknown, protocol, userToken));
+      const stream = async () => {
+        for await (const _ of terminal.streamOutput({ sessionId: "nope" })) {
+          // nothing comes
+        }
+      };
+      expect(await codeOf(stream), `${protocol} stream`).toBe(Code.NotFound);
+    }
+    const res = await fetch(`${unknown}/devex.runner.v1.FilesystemService/Stat`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: '{"path":"."}',
+    });
+    expect(res.status).toBe(404);
+    expect(await res.json()).toMatchObject({ code: "not_found" });
+  });
+
+  it("answers Unavailable when the runner cannot be reached", async () => {
+    const base = `${origin.url}/${unreachableReplId}`;
+    for (const protocol of ["grpc", "connect-h1", "grpc-web-h1"] as const) {
+      const fs = createClient(FilesystemService, transport(base, protocol, userToken));
+      expect(await codeOf(() => fs.stat({ path: "." })), protocol).toBe(Code.Unavailable);
+    }
+  });
+
+  it("passes the runner's own Unauthenticated through when the token is missing", async () => {
+    for (const protocol of ["grpc", "connect-h1", "grpc-web-h1"] as const) {
+      const fs = viaProxy(FilesystemService, protocol, "");
+      expect(await codeOf(() => fs.stat({ path: "." })), protocol).toBe(Code.Unauthenticated);
+    }
+    const core = viaProxy(RunnerService, "grpc", userToken);
+    expect(await codeOf(() => core.getStatus({}))).toBe(Code.PermissionDenied);
+  });
+
+  it("keeps the origin's own routes: health answers, other paths are 404", async () => {
+    const health = createClient(Health, createGrpcTransport({ baseUrl: origin.url }));
+    expect((await health.check({})).status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    expect((await fetch(`${origin.url}/${runner.replId}/metrics`)).status).toBe(404);
+    expect((await fetch(`${origin.url}/elsewhere`)).status).toBe(404);
+    expect((await fetch(`${origin.url}/repl_short/x.Y/Z`, { method: "POST" })).status).toBe(404);
+  });
+
+  it("cancels the runner's stream when the caller goes away mid-stream, over h2c and HTTP/1.1", async () => {
+    expect(await attachedClients()).toBe(0);
+    const attach = new AttachClient(viaProxy(TerminalService, "grpc"), {
+      target: { case: "create", value: { command: plainBash } } as never,
+    });
+    await attach.until((c) => c.of("attached").length > 0, "attached");
+    expect(await attachedClients()).toBe(1);
+    await attach.disconnect();
+    await until(async () => (await attachedClients()) === 0, "the runner to see the Attach stream end");
+
+    const terminal = viaProxy(TerminalService, "connect-h1");
+    const sessionId = attach.of("attached")[0]?.session?.id ?? "";
+    const abort = new AbortController();
+    const reading = (async () => {
+      for await (const _ of terminal.streamOutput({ sessionId }, { signal: abort.signal })) {
+        // keep reading until canceled
+      }
+    })();
+    await until(async () => (await attachedClients()) === 1, "StreamOutput to be attached");
+    abort.abort();
+    expect(await codeOf(() => reading)).toBe(Code.Canceled);
+    await until(async () => (await attachedClients()) === 0, "the runner to see the StreamOutput stream end");
+  });
+
+  it("ends the caller's stream when the runner's stream breaks mid-stream", async () => {
+    // A stand-in runner that answers, then loses its connection without ending the stream.
+    const broken = http2.createServer();
+    broken.on("stream", (stream) => {
+      stream.respond({ ":status": 200, "content-type": "application/grpc+proto" });
+      setTimeout(() => stream.session?.destroy(), 100);
+    });
+    await new Promise<void>((resolve) => broken.listen(0, "127.0.0.1", resolve));
+    brokenEndpoint = `http://127.0.0.1:${(broken.address() as AddressInfo).port}`;
+    try {
+      const terminal = createClient(TerminalService, transport(`${origin.url}/${brokenReplId}`, "grpc", userToken));
+      const began = Date.now();
+      const code = await codeOf(async () => {
+        for await (const _ of terminal.streamOutput({ sessionId: "s" })) {
+          // nothing comes before the break
+        }
+      });
+      // Not Canceled: the caller did not cancel, the runner's side broke.
+      expect(code).toBe(Code.Internal);
+      expect(Date.now() - began).toBeLessThan(5_000);
+    } finally {
+      broken.close();
+    }
+  });
+
+  it("measures the latency the proxy hop adds to unary calls (printed, not asserted)", async () => {
+    const rounds = 300;
+    const measure = async (client: { stat(req: { path: string }): Promise<unknown> }) => {
+      for (let i = 0; i < 30; i++) await client.stat({ path: "." });
+      const samples: number[] = [];
+      for (let i = 0; i < rounds; i++) {
+        const began = performance.now();
+        await client.stat({ path: "." });
+        samples.push(performance.now() - began);
+      }
+      samples.sort((a, b) => a - b);
+      const at = (q: number) => (samples[Math.min(samples.length - 1, Math.floor(q * samples.length))] ?? 0).toFixed(3);
+      return { p50: Number(at(0.5)), p99: Number(at(0.99)) };
+    };
+    const lines: string[] = [];
+    for (const protocol of ["grpc", "connect-h1"] as const) {
+      const direct = await measure(createClient(FilesystemService, transport(runner.url, protocol, userToken)));
+      const proxied = await measure(viaProxy(FilesystemService, protocol));
+      lines.push(
+        `${protocol}: direct p50 ${direct.p50} ms p99 ${direct.p99} ms; via proxy p50 ${proxied.p50} ms p99 ${proxied.p99} ms; ` +
+          `added p50 ${(proxied.p50 - direct.p50).toFixed(3)} ms`,
+      );
+    }
+    console.log(`FilesystemService.Stat, ${rounds} sequential calls each:\n  ${lines.join("\n  ")}`);
+  });
+});
