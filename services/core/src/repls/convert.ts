@@ -1,0 +1,158 @@
+import { createHash } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import {
+  type Repl,
+  ReplSchema,
+  ReplState,
+  ReplStopReason,
+  type Snapshot,
+  SnapshotReason,
+  SnapshotSchema,
+} from "@devex/gen/devex/core/v1/repl_pb.js";
+import { type Caller, callerKey } from "../auth/caller.js";
+import { effectiveScope, scopeAllows } from "../auth/scopes.js";
+import type { ReplStateName, StopReason, Versioned } from "../model.js";
+import type { StoredRepl } from "./repository.js";
+
+const stateToProto: Readonly<Record<ReplStateName, ReplState>> = {
+  created: ReplState.CREATED,
+  starting: ReplState.STARTING,
+  running: ReplState.RUNNING,
+  stopping: ReplState.STOPPING,
+  stopped: ReplState.STOPPED,
+  failed: ReplState.FAILED,
+  deleting: ReplState.DELETING,
+};
+
+/** Every stored state, in enum order. */
+export const replStateNames = Object.keys(stateToProto) as ReplStateName[];
+
+/** The API enum of a stored state. */
+export function replStateToProto(state: ReplStateName): ReplState {
+  return stateToProto[state];
+}
+
+/** The stored state of an API enum value (filters; protovalidate already refused UNSPECIFIED). */
+export function replStateFromProto(state: ReplState): ReplStateName {
+  const name = replStateNames.find((candidate) => stateToProto[candidate] === state);
+  if (!name) throw new ConnectError(`unknown repl state ${state}`, Code.InvalidArgument);
+  return name;
+}
+
+const stopReasonToProto: Readonly<Record<StopReason, ReplStopReason>> = {
+  user: ReplStopReason.USER,
+  idle: ReplStopReason.IDLE,
+  admin: ReplStopReason.ADMIN,
+  system: ReplStopReason.SYSTEM,
+};
+
+const snapshotReasonOfStop: Readonly<Record<StopReason, SnapshotReason>> = {
+  user: SnapshotReason.STOP,
+  idle: SnapshotReason.IDLE_STOP,
+  admin: SnapshotReason.ADMIN_STOP,
+  system: SnapshotReason.SYSTEM_STOP,
+};
+
+/** The API Repl of a stored one; `defaultIdleTimeoutMs` fills an unset idle timeout (the effective value). */
+export function toRepl(repl: Versioned<StoredRepl>, defaultIdleTimeoutMs: number): Repl {
+  const { record } = repl;
+  return create(ReplSchema, {
+    id: record.id,
+    name: record.name,
+    ownerUserId: record.ownerUserId,
+    templateName: record.templateName,
+    state: stateToProto[record.state],
+    version: BigInt(repl.version),
+    failureReason: record.state === "failed" ? record.failureReason : "",
+    stopReason: record.stopReason ? stopReasonToProto[record.stopReason] : ReplStopReason.UNSPECIFIED,
+    createdAt: timestampFromMs(record.createdAtMs),
+    updatedAt: timestampFromMs(record.updatedAtMs),
+    ...(record.lastStartedAtMs === undefined ? {} : { lastStartedAt: timestampFromMs(record.lastStartedAtMs) }),
+    ...(record.lastStoppedAtMs === undefined ? {} : { lastStoppedAt: timestampFromMs(record.lastStoppedAtMs) }),
+    ...(record.lastActiveAtMs === undefined ? {} : { lastActiveAt: timestampFromMs(record.lastActiveAtMs) }),
+    idleTimeoutMs: record.idleTimeoutMs || defaultIdleTimeoutMs,
+    currentSnapshotId: record.currentSnapshotId,
+    labels: { ...record.labels },
+  });
+}
+
+/**
+ * The snapshot a stop's save hook reported. Snapshot storage is a later piece of work: until
+ * then only what the hook tells (its id) and what the stop knows are filled in.
+ */
+export function toStopSnapshot(replId: string, snapshotId: string, reason: StopReason, atMs: number): Snapshot {
+  return create(SnapshotSchema, {
+    id: snapshotId,
+    replId,
+    createdAt: timestampFromMs(atMs),
+    reason: snapshotReasonOfStop[reason],
+    current: true,
+  });
+}
+
+/** The authenticated caller; Unauthenticated when the interceptor set none. */
+export function requireCaller(ctx: HandlerContext): Caller {
+  const caller = ctx.values.get(callerKey);
+  if (!caller) throw new ConnectError("sign in first: no credential on the call", Code.Unauthenticated);
+  return caller;
+}
+
+/**
+ * The caller, if its credential may change things (FULL or ADMIN scope); PermissionDenied for
+ * READ_ONLY. The authentication interceptor checks the same; handlers check again so a wiring
+ * mistake cannot open a mutating call.
+ */
+export function requireWriter(ctx: HandlerContext): Caller {
+  const caller = requireCaller(ctx);
+  if (!scopeAllows(effectiveScope(caller.credential.scope, caller.user), "full")) {
+    throw new ConnectError("this credential is read-only; use one with scope FULL", Code.PermissionDenied);
+  }
+  return caller;
+}
+
+/** The caller, if an admin with an ADMIN-scoped credential; PermissionDenied otherwise. */
+export function requireAdmin(ctx: HandlerContext): Caller {
+  const caller = requireCaller(ctx);
+  if (!scopeAllows(effectiveScope(caller.credential.scope, caller.user), "admin")) {
+    throw new ConnectError("AdminService needs an admin user with an ADMIN-scoped credential", Code.PermissionDenied);
+  }
+  return caller;
+}
+
+/** A page size: 0 means the default of 50. */
+export function pageSizeOf(requested: number): number {
+  return requested === 0 ? 50 : requested;
+}
+
+/**
+ * An opaque page token: where the listing continues, bound to the filters it was issued for
+ * (a token reused with other filters is refused rather than silently skipping repls).
+ */
+export function encodePageToken(after: string, filters: unknown): string {
+  return Buffer.from(JSON.stringify({ a: after, f: fingerprint(filters) })).toString("base64url");
+}
+
+/** The position of a page token from {@link encodePageToken}; undefined for an empty token. */
+export function decodePageToken(token: string, filters: unknown): string | undefined {
+  if (token === "") return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+  } catch {
+    parsed = undefined;
+  }
+  const { a, f } = (parsed ?? {}) as { a?: unknown; f?: unknown };
+  if (typeof a !== "string" || typeof f !== "string") {
+    throw new ConnectError("page_token is not a token this service issued", Code.InvalidArgument);
+  }
+  if (f !== fingerprint(filters)) {
+    throw new ConnectError("page_token was issued for other filters; repeat the same filters", Code.InvalidArgument);
+  }
+  return a;
+}
+
+function fingerprint(filters: unknown): string {
+  return createHash("sha256").update(JSON.stringify(filters)).digest("base64url").slice(0, 16);
+}
