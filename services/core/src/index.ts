@@ -1,1 +1,2 @@
-export { coreRoutes } from "./routes.js";
+export { type Core, startCore } from "./app.js";
+export { type CoreConfig, coreSettings } from "./config.js";

@@ -1,18 +1,38 @@
-import { createLogger, runMain, serverSettings, startServer } from "@devex/kit";
-import { coreRoutes } from "./routes.js";
+import { createLogger, runMain } from "@devex/kit";
+import { startCore } from "./app.js";
+import { coreSettings } from "./config.js";
 
 await runMain({
   command: "npm run core --",
-  settings: serverSettings("core", 8080),
+  settings: coreSettings,
   async start(config) {
     const logger = createLogger({ service: "core", level: config.logLevel });
-    return startServer({
-      name: "core",
-      logger,
-      port: config.port,
-      host: config.host,
-      shutdownGraceMs: config.shutdownGraceMs,
-      routes: coreRoutes(),
-    });
+    const core = await startCore(config, logger);
+    logger.info(
+      { port: core.api.port, replPort: core.replOrigin.port, url: core.publicUrl, replUrl: core.replPublicUrl },
+      "ready",
+    );
+    if (core.devApiKey) printWelcome(core.publicUrl, core.devApiKey);
+    return core;
   },
 });
+
+/** What a person starting the embedded mode needs: where it is, a key, and a first call. */
+function printWelcome(url: string, apiKey: string): void {
+  const target = url.replace(/\/+$/, "");
+  console.log(`
+Devex is running.
+
+  API        ${target}
+  API key    ${apiKey}   (an admin key of the user "dev"; kept in the data directory)
+
+Try it:
+  export DEVEX_API_KEY=${apiKey}
+  npx buf curl --protocol grpc --http2-prior-knowledge -H "Authorization: Bearer $DEVEX_API_KEY" \\
+    ${target}/devex.core.v1.TemplateService/ListTemplates
+  npx buf curl --protocol grpc --http2-prior-knowledge -H "Authorization: Bearer $DEVEX_API_KEY" \\
+    -d '{"name":"hello","templateName":"blank"}' ${target}/devex.core.v1.ReplService/CreateRepl
+
+Press Ctrl-C to stop everything (runners included).
+`);
+}

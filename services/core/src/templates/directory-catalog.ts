@@ -87,7 +87,7 @@ async function loadTemplate(folder: string, folderName: string): Promise<Templat
     ...manifest,
     filesDir,
     sizeBytes: bytes,
-    updatedAtMs: Math.max(latestMs, manifestStat.mtimeMs),
+    updatedAtMs: Math.floor(Math.max(latestMs, manifestStat.mtimeMs)),
   };
 }
 

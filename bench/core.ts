@@ -1,0 +1,194 @@
+/**
+ * `npm run bench:core`: core's own costs, measured against baselines in the same run.
+ *
+ *   start-to-prompt  StartRepl until the first byte of a shell prompt through Attach, local
+ *                    mode (embedded store, local orchestrator); baseline: a runner process
+ *                    started directly, until the same first byte (what no control plane can beat)
+ *   getrepl-*        unary GetRepl with an API key, core on Redis, 64 calls in flight over one
+ *                    HTTP/2 connection and over eight; baseline: the same server kit answering a
+ *                    fixed repl with no authentication and no store (bench/support/stub-core.ts)
+ *
+ * Prints one JSON line per measurement, then the targets. Not a test: figures vary with the
+ * machine. Options (environment): BENCH_STARTS (default 20), BENCH_SECONDS (default 5).
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
+import {
+  type AttachRequest,
+  AttachRequestSchema,
+  SessionSpecSchema,
+  TerminalService,
+} from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { spawnService } from "@devex/kit/testing";
+import { Channel } from "../runner/src/channel.js";
+import { startCoreProcess } from "../services/core/test/support/core-process.js";
+import { startRedisServer } from "../services/core/test/support/redis-server.js";
+
+const starts = Number(process.env.BENCH_STARTS ?? 20);
+const seconds = Number(process.env.BENCH_SECONDS ?? 5);
+const concurrency = 64;
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+}
+
+function bearer(token: string): Interceptor {
+  return (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+}
+
+/** Opens a shell session over Attach and resolves when its first output byte arrives. */
+async function firstByte(endpointUrl: string, token: string): Promise<void> {
+  const terminal = createClient(
+    TerminalService,
+    createGrpcTransport({ baseUrl: endpointUrl, interceptors: [bearer(token)] }),
+  );
+  const requests = new Channel<AttachRequest>();
+  requests.push(
+    create(AttachRequestSchema, {
+      kind: { case: "open", value: { target: { case: "create", value: create(SessionSpecSchema, {}) } } },
+    }),
+  );
+  const abort = new AbortController();
+  try {
+    for await (const res of terminal.attach(requests, { signal: abort.signal })) {
+      if (res.event.case === "output" && res.event.value.data.length > 0) return;
+    }
+    throw new Error("the session ended before any output");
+  } finally {
+    abort.abort();
+    requests.close();
+  }
+}
+
+async function startToPrompt(): Promise<void> {
+  const core = await startCoreProcess();
+  try {
+    const repls = core.client(ReplService, await core.devApiKey());
+    const { repl } = await repls.createRepl({ name: "bench", templateName: "blank" });
+    const replId = repl?.id ?? "";
+    const times: number[] = [];
+    for (let i = 0; i < starts; i++) {
+      const began = performance.now();
+      const { access } = await repls.startRepl({ replId });
+      await firstByte(access?.endpointUrl ?? "", access?.token ?? "");
+      times.push(performance.now() - began);
+      await repls.stopRepl({ replId });
+    }
+    times.sort((a, b) => a - b);
+
+    // Baseline: a runner started directly (dev mode prints a token), same first byte.
+    const baseline: number[] = [];
+    const scratch = await mkdtemp(join(tmpdir(), "devex-bench-runner-"));
+    for (let i = 0; i < Math.min(starts, 10); i++) {
+      const began = performance.now();
+      const runner = await spawnService(
+        "runner/dist/main.js",
+        ["--dev", "--workspace", join(scratch, "workspace"), "--home", scratch],
+        {},
+        ["--max-semi-space-size=1"],
+      );
+      const token = runner.output.map((line) => /user token: (\S+)/.exec(line)?.[1]).find(Boolean);
+      if (!token) throw new Error(`no dev token in the runner's output:\n${runner.output.join("\n")}`);
+      await firstByte(runner.url, token);
+      baseline.push(performance.now() - began);
+      await runner.stop();
+    }
+    await rm(scratch, { recursive: true, force: true });
+    baseline.sort((a, b) => a - b);
+    console.log(
+      JSON.stringify({
+        target: "start-to-prompt",
+        starts,
+        p50_ms: Math.round(percentile(times, 50)),
+        p99_ms: Math.round(percentile(times, 99)),
+        runner_alone_p50_ms: Math.round(percentile(baseline, 50)),
+        ratio_vs_runner_alone: Number((percentile(times, 50) / percentile(baseline, 50)).toFixed(2)),
+      }),
+    );
+  } finally {
+    await core.stop();
+    await core.cleanup();
+  }
+}
+
+interface Throughput {
+  calls_per_s: number;
+  p50_ms: number;
+  p99_ms: number;
+}
+
+/** 64 GetRepl calls in flight for BENCH_SECONDS over `connections` HTTP/2 connections. */
+async function hammer(url: string, replId: string, apiKey: string, connections: number): Promise<Throughput> {
+  const clients: Client<typeof ReplService>[] = [];
+  for (let i = 0; i < connections; i++) {
+    const interceptors = apiKey ? [bearer(apiKey)] : [];
+    clients.push(createClient(ReplService, createGrpcTransport({ baseUrl: url, interceptors })));
+  }
+  const request = { repl: { case: "replId" as const, value: replId } };
+  // Warm up every connection.
+  await Promise.all(clients.map((client) => client.getRepl(request)));
+  const latencies: number[] = [];
+  const endAt = performance.now() + seconds * 1000;
+  const began = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, worker) => {
+      const client = clients[worker % connections] as Client<typeof ReplService>;
+      while (performance.now() < endAt) {
+        const t = performance.now();
+        await client.getRepl(request);
+        latencies.push(performance.now() - t);
+      }
+    }),
+  );
+  const elapsed = (performance.now() - began) / 1000;
+  latencies.sort((a, b) => a - b);
+  return {
+    calls_per_s: Math.round(latencies.length / elapsed),
+    p50_ms: Number(percentile(latencies, 50).toFixed(2)),
+    p99_ms: Number(percentile(latencies, 99).toFixed(2)),
+  };
+}
+
+async function getReplThroughput(): Promise<void> {
+  const redis = await startRedisServer();
+  const core = await startCoreProcess(["--state-store", "redis", "--redis-url", redis.url, "--log-level", "warn"]);
+  const stub = await spawnService("bench/support/stub-core.ts");
+  try {
+    const apiKey = await core.devApiKey();
+    const { repl } = await core.client(ReplService, apiKey).createRepl({ name: "bench", templateName: "blank" });
+    const replId = repl?.id ?? "";
+    for (const connections of [1, 8]) {
+      const measured = await hammer(core.url, replId, apiKey, connections);
+      const baseline = await hammer(stub.url, replId, "", connections);
+      console.log(
+        JSON.stringify({
+          target: `getrepl-${connections === 1 ? "one-connection" : `${connections}-connections`}`,
+          concurrency,
+          ...measured,
+          stub_calls_per_s: baseline.calls_per_s,
+          stub_p99_ms: baseline.p99_ms,
+          ratio_vs_stub: Number((measured.calls_per_s / baseline.calls_per_s).toFixed(2)),
+        }),
+      );
+    }
+  } finally {
+    await stub.stop();
+    await core.stop();
+    await core.cleanup();
+    await redis.stop();
+  }
+}
+
+await startToPrompt();
+await getReplThroughput();
+console.log(
+  "targets: start-to-prompt p50 < 300 ms; getrepl >= 5000 calls/s with p99 < 20 ms, over one connection and over several",
+);
