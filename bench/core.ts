@@ -5,19 +5,22 @@
  *                    mode (embedded store, local orchestrator); baseline: a runner process
  *                    started directly, until the same first byte (what no control plane can beat)
  *   getrepl-*        unary GetRepl with an API key, core on Redis, 64 calls in flight over one
- *                    HTTP/2 connection and over eight; baseline: the same server kit answering a
- *                    fixed repl with no authentication and no store (bench/support/stub-core.ts)
+ *                    HTTP/2 connection and over eight, driven by h2load (apt-get install
+ *                    nghttp2-client); baseline: the same server kit answering a fixed repl with
+ *                    no authentication and no store (bench/support/stub-core.ts)
  *
  * Prints one JSON line per measurement, then the targets. Not a test: figures vary with the
  * machine. Options (environment): BENCH_STARTS (default 20), BENCH_SECONDS (default 5).
  */
-import { mkdtemp, rm } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { create } from "@bufbuild/protobuf";
-import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { promisify } from "node:util";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
+import { GetReplRequestSchema, ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
 import {
   type AttachRequest,
   AttachRequestSchema,
@@ -32,6 +35,7 @@ import { startRedisServer } from "../services/core/test/support/redis-server.js"
 const starts = Number(process.env.BENCH_STARTS ?? 20);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const concurrency = 64;
+const execFileAsync = promisify(execFile);
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -75,11 +79,14 @@ async function startToPrompt(): Promise<void> {
     const { repl } = await repls.createRepl({ name: "bench", templateName: "blank" });
     const replId = repl?.id ?? "";
     const times: number[] = [];
+    const startTimes: number[] = [];
     for (let i = 0; i < starts; i++) {
       const began = performance.now();
       const { access } = await repls.startRepl({ replId });
+      const running = performance.now();
       await firstByte(access?.endpointUrl ?? "", access?.token ?? "");
       times.push(performance.now() - began);
+      startTimes.push(running - began);
       await repls.stopRepl({ replId });
     }
     times.sort((a, b) => a - b);
@@ -95,7 +102,7 @@ async function startToPrompt(): Promise<void> {
         {},
         ["--max-semi-space-size=1"],
       );
-      const token = runner.output.map((line) => /user token: (\S+)/.exec(line)?.[1]).find(Boolean);
+      const token = runner.output.map((line) => /user token:\s+(\S+)/.exec(line)?.[1]).find(Boolean);
       if (!token) throw new Error(`no dev token in the runner's output:\n${runner.output.join("\n")}`);
       await firstByte(runner.url, token);
       baseline.push(performance.now() - began);
@@ -109,6 +116,12 @@ async function startToPrompt(): Promise<void> {
         starts,
         p50_ms: Math.round(percentile(times, 50)),
         p99_ms: Math.round(percentile(times, 99)),
+        start_repl_p50_ms: Math.round(
+          percentile(
+            startTimes.sort((a, b) => a - b),
+            50,
+          ),
+        ),
         runner_alone_p50_ms: Math.round(percentile(baseline, 50)),
         ratio_vs_runner_alone: Number((percentile(times, 50) / percentile(baseline, 50)).toFixed(2)),
       }),
@@ -125,46 +138,71 @@ interface Throughput {
   p99_ms: number;
 }
 
-/** 64 GetRepl calls in flight for BENCH_SECONDS over `connections` HTTP/2 connections. */
-async function hammer(url: string, replId: string, apiKey: string, connections: number): Promise<Throughput> {
-  const clients: Client<typeof ReplService>[] = [];
-  for (let i = 0; i < connections; i++) {
-    const interceptors = apiKey ? [bearer(apiKey)] : [];
-    clients.push(createClient(ReplService, createGrpcTransport({ baseUrl: url, interceptors })));
-  }
-  const request = { repl: { case: "replId" as const, value: replId } };
-  // Warm up every connection.
-  await Promise.all(clients.map((client) => client.getRepl(request)));
-  const latencies: number[] = [];
-  const endAt = performance.now() + seconds * 1000;
-  const began = performance.now();
-  await Promise.all(
-    Array.from({ length: concurrency }, async (_, worker) => {
-      const client = clients[worker % connections] as Client<typeof ReplService>;
-      while (performance.now() < endAt) {
-        const t = performance.now();
-        await client.getRepl(request);
-        latencies.push(performance.now() - t);
-      }
-    }),
+/** A gRPC frame (uncompressed, length-prefixed) of GetReplRequest { repl_id }. */
+function getReplFrame(replId: string): Buffer {
+  const message = toBinary(
+    GetReplRequestSchema,
+    create(GetReplRequestSchema, { repl: { case: "replId", value: replId } }),
   );
-  const elapsed = (performance.now() - began) / 1000;
-  latencies.sort((a, b) => a - b);
-  return {
-    calls_per_s: Math.round(latencies.length / elapsed),
-    p50_ms: Number(percentile(latencies, 50).toFixed(2)),
-    p99_ms: Number(percentile(latencies, 99).toFixed(2)),
-  };
+  const header = Buffer.alloc(5);
+  header.writeUInt32BE(message.length, 1);
+  return Buffer.concat([header, message]);
+}
+
+/**
+ * 64 GetRepl calls in flight for BENCH_SECONDS over `connections` HTTP/2 connections, driven
+ * by h2load (nghttp2's load generator, written in C, so the client's own cost stays small
+ * on a 2-core machine), with per-call latencies from its log.
+ */
+async function hammer(url: string, replId: string, apiKey: string, connections: number): Promise<Throughput> {
+  const dir = await mkdtemp(join(tmpdir(), "devex-bench-h2load-"));
+  try {
+    const body = join(dir, "request.bin");
+    const log = join(dir, "calls.log");
+    await writeFile(body, getReplFrame(replId));
+    const args = [
+      `--duration=${seconds}`,
+      "--warm-up-time=1",
+      `--clients=${connections}`,
+      `--max-concurrent-streams=${concurrency / connections}`,
+      `--data=${body}`,
+      "--header=content-type: application/grpc",
+      "--header=te: trailers",
+      ...(apiKey ? [`--header=authorization: Bearer ${apiKey}`] : []),
+      `--log-file=${log}`,
+      `${url}/devex.core.v1.ReplService/GetRepl`,
+    ];
+    const { stdout } = await execFileAsync("h2load", args, { maxBuffer: 16 * 1024 * 1024 });
+    const rate = Number(/finished in [\d.]+s, ([\d.]+) req\/s/.exec(stdout)?.[1]);
+    const failed = Number(/(\d+) failed/.exec(stdout)?.[1] ?? 0);
+    if (!Number.isFinite(rate) || failed > 0) throw new Error(`h2load failed:\n${stdout}`);
+    const latencies = (await readFile(log, "utf8"))
+      .trim()
+      .split("\n")
+      .map((line) => Number(line.split("\t")[2]) / 1000)
+      .sort((a, b) => a - b);
+    return {
+      calls_per_s: Math.round(rate),
+      p50_ms: Number(percentile(latencies, 50).toFixed(2)),
+      p99_ms: Number(percentile(latencies, 99).toFixed(2)),
+    };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 async function getReplThroughput(): Promise<void> {
   const redis = await startRedisServer();
-  const core = await startCoreProcess(["--state-store", "redis", "--redis-url", redis.url, "--log-level", "warn"]);
+  const core = await startCoreProcess(["--state-store", "redis", "--redis-url", redis.url]);
   const stub = await spawnService("bench/support/stub-core.ts");
   try {
     const apiKey = await core.devApiKey();
-    const { repl } = await core.client(ReplService, apiKey).createRepl({ name: "bench", templateName: "blank" });
+    const client = core.client(ReplService, apiKey);
+    const { repl } = await client.createRepl({ name: "bench", templateName: "blank" });
     const replId = repl?.id ?? "";
+    // h2load sees HTTP statuses only (gRPC reports errors in trailers): check the call itself first.
+    const checked = await client.getRepl({ repl: { case: "replId", value: replId } });
+    if (checked.repl?.id !== replId) throw new Error("GetRepl does not answer the repl");
     for (const connections of [1, 8]) {
       const measured = await hammer(core.url, replId, apiKey, connections);
       const baseline = await hammer(stub.url, replId, "", connections);

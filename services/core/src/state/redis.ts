@@ -106,6 +106,9 @@ export async function createRedisStore(options: RedisStoreOptions): Promise<Stat
     maxRetriesPerRequest: null,
     enableOfflineQueue: true,
     autoResendUnfulfilledCommands: true,
+    // Commands issued in the same tick go out in one write: under load, one system call
+    // carries many calls' reads instead of one each.
+    enableAutoPipelining: true,
   });
   client.defineCommand("stateCommit", { lua: commitScript });
   client.defineCommand("stateHit", { lua: hitScript, numberOfKeys: 1 });
