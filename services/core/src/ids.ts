@@ -22,3 +22,12 @@ export function newId(prefix: IdPrefix, nowMs = Date.now()): string {
   for (const byte of random) tail += alphabet[byte % 32];
   return `${prefix}_${time}${tail}`;
 }
+
+/**
+ * The id characters with every digit mirrored in the id alphabet: index members made of it
+ * sort newest first in the store's ascending byte order (ids sort by creation time). The
+ * function is its own inverse.
+ */
+export function mirrorId(text: string): string {
+  return [...text].map((char) => alphabet[alphabet.length - 1 - alphabet.indexOf(char)] ?? char).join("");
+}

@@ -1,7 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { UserRecord } from "../src/model.js";
 import type { RunnerInstance } from "../src/orchestrator/orchestrator.js";
-import { createIdleMonitor, type IdleMonitor, type RunnerStatus } from "../src/repls/idle.js";
+import type { RunnerStatus } from "../src/orchestrator/runner-client.js";
+import { createIdleMonitor, type IdleMonitor } from "../src/repls/idle.js";
 import { createClock, createReplHarness, type FakeClock, type ReplHarness } from "./support/repls-harness.js";
 
 const defaultIdleTimeoutMs = 300_000;

@@ -1,8 +1,8 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { newId } from "../ids.js";
+import { mirrorId, newId } from "../ids.js";
 import type { ApiKeyRecord, Scope, Versioned } from "../model.js";
 import type { StateStore } from "../state/store.js";
-import { hashesEqual, mirrorId, randomSecret, sha256Hex } from "./secrets.js";
+import { hashesEqual, randomSecret, sha256Hex } from "./secrets.js";
 import { lastUseWriteIntervalMs } from "./sessions.js";
 
 /** The key of an API key record. */

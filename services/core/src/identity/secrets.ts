@@ -19,14 +19,3 @@ export function hashesEqual(a: string, b: string): boolean {
   const right = Buffer.from(b, "utf8");
   return left.length === right.length && timingSafeEqual(left, right);
 }
-
-const alphabet = "0123456789abcdefghjkmnpqrstvwxyz";
-
-/**
- * The id characters with every digit mirrored in the id alphabet: index members made of it
- * sort newest first in the store's ascending byte order (ids sort by creation time). The
- * function is its own inverse.
- */
-export function mirrorId(text: string): string {
-  return [...text].map((char) => alphabet[alphabet.length - 1 - alphabet.indexOf(char)] ?? char).join("");
-}

@@ -1,8 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { newId } from "../ids.js";
+import { mirrorId, newId } from "../ids.js";
 import type { IdentityRecord, ProviderKind, UserRecord, Versioned } from "../model.js";
 import type { StateStore } from "../state/store.js";
-import { mirrorId } from "./secrets.js";
 
 /** The key of a user record. */
 export const userKey = (userId: string): string => `user:${userId}`;

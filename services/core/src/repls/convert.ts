@@ -11,7 +11,7 @@ import {
   SnapshotReason,
   SnapshotSchema,
 } from "@devex/gen/devex/core/v1/repl_pb.js";
-import { type Caller, callerKey } from "../auth/caller.js";
+import { type Caller, requireCaller } from "../auth/caller.js";
 import { effectiveScope, scopeAllows } from "../auth/scopes.js";
 import type { ReplStateName, StopReason, Versioned } from "../model.js";
 import type { StoredRepl } from "./repository.js";
@@ -92,20 +92,13 @@ export function toStopSnapshot(replId: string, snapshotId: string, reason: StopR
   });
 }
 
-/** The authenticated caller; Unauthenticated when the interceptor set none. */
-export function requireCaller(ctx: HandlerContext): Caller {
-  const caller = ctx.values.get(callerKey);
-  if (!caller) throw new ConnectError("sign in first: no credential on the call", Code.Unauthenticated);
-  return caller;
-}
-
 /**
  * The caller, if its credential may change things (FULL or ADMIN scope); PermissionDenied for
  * READ_ONLY. The authentication interceptor checks the same; handlers check again so a wiring
  * mistake cannot open a mutating call.
  */
 export function requireWriter(ctx: HandlerContext): Caller {
-  const caller = requireCaller(ctx);
+  const caller = requireCaller(ctx.values);
   if (!scopeAllows(effectiveScope(caller.credential.scope, caller.user), "full")) {
     throw new ConnectError("this credential is read-only; use one with scope FULL", Code.PermissionDenied);
   }
@@ -114,7 +107,7 @@ export function requireWriter(ctx: HandlerContext): Caller {
 
 /** The caller, if an admin with an ADMIN-scoped credential; PermissionDenied otherwise. */
 export function requireAdmin(ctx: HandlerContext): Caller {
-  const caller = requireCaller(ctx);
+  const caller = requireCaller(ctx.values);
   if (!scopeAllows(effectiveScope(caller.credential.scope, caller.user), "admin")) {
     throw new ConnectError("AdminService needs an admin user with an ADMIN-scoped credential", Code.PermissionDenied);
   }

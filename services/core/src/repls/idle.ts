@@ -1,20 +1,9 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import type { Orchestrator, RunnerInstance } from "../orchestrator/orchestrator.js";
+import type { RunnerStatus } from "../orchestrator/runner-client.js";
+import { createPeriodic } from "../periodic.js";
 import type { ReplLifecycle } from "./lifecycle.js";
-
-/** A runner's answer to RunnerService status, as the core→runner client returns it. */
-export interface RunnerStatus {
-  /** The repl the runner serves (the client has checked it is the one asked about). */
-  replId: string;
-  /** Clients attached to terminal sessions right now. */
-  attachedClients: number;
-  sessionCount: number;
-  runningProcessCount: number;
-  /** The runner's last activity (input, output, a client, a command), in ms since the epoch. */
-  lastActivityAtMs: number;
-  version: string;
-}
 
 /** Asks a runner for its status (orchestrator/runner-client.ts implements it). */
 export interface RunnerStatusSource {
@@ -74,8 +63,6 @@ export function createIdleMonitor(options: IdleMonitorOptions): IdleMonitor {
   const statusTimeoutMs = options.statusTimeoutMs ?? 5_000;
   const warnAfterFailures = options.warnAfterFailures ?? 3;
   const failures = new Map<string, number>();
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<unknown> | undefined;
 
   const failed = (replId: string, report: IdleCheckReport, error: unknown) => {
     const count = (failures.get(replId) ?? 0) + 1;
@@ -138,27 +125,12 @@ export function createIdleMonitor(options: IdleMonitorOptions): IdleMonitor {
     return report;
   };
 
-  const pass = () => {
-    if (!running) {
-      running = checkOnce().finally(() => {
-        running = undefined;
-      });
-    }
-    return running;
-  };
+  const periodic = createPeriodic(checkOnce);
 
   return {
     checkOnce,
-    start(intervalMs) {
-      if (timer) return;
-      timer = setInterval(() => void pass(), intervalMs);
-      timer.unref();
-    },
-    async stop() {
-      if (timer) clearInterval(timer);
-      timer = undefined;
-      await running;
-    },
+    start: (intervalMs) => periodic.start(intervalMs),
+    stop: () => periodic.stop(),
     consecutiveFailures: (replId) => failures.get(replId) ?? 0,
   };
 }

@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { Orchestrator } from "../orchestrator/orchestrator.js";
+import { createPeriodic } from "../periodic.js";
 import type { ReplLifecycle } from "./lifecycle.js";
 import { runnerStates, transitionalStates } from "./state-machine.js";
 
@@ -47,8 +48,6 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
   const { lifecycle, orchestrator, stuckAfterMs, logger } = options;
   const { repository } = lifecycle;
   const now = options.now ?? Date.now;
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<unknown> | undefined;
 
   const attempt = async (report: ReconcileReport, id: string, step: () => Promise<void>) => {
     try {
@@ -109,27 +108,11 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
     return report;
   };
 
-  const pass = () => {
-    if (!running) {
-      running = runOnce().finally(() => {
-        running = undefined;
-      });
-    }
-    return running;
-  };
+  const periodic = createPeriodic(runOnce);
 
   return {
     runOnce,
-    start(intervalMs) {
-      if (timer) return;
-      void pass();
-      timer = setInterval(() => void pass(), intervalMs);
-      timer.unref();
-    },
-    async stop() {
-      if (timer) clearInterval(timer);
-      timer = undefined;
-      await running;
-    },
+    start: (intervalMs) => periodic.start(intervalMs, true),
+    stop: () => periodic.stop(),
   };
 }

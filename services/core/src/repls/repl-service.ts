@@ -11,6 +11,7 @@ import {
 import { signRunnerToken } from "@devex/kit";
 import type { Logger } from "pino";
 import type { Caller } from "../auth/caller.js";
+import { requireCaller } from "../auth/caller.js";
 import type { CoreConfig } from "../config.js";
 import { newId } from "../ids.js";
 import type { ReplStateName, Versioned } from "../model.js";
@@ -22,7 +23,6 @@ import {
   encodePageToken,
   pageSizeOf,
   replStateFromProto,
-  requireCaller,
   requireWriter,
   toRepl,
   toStopSnapshot,
@@ -143,7 +143,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
     },
 
     async getRepl(req, ctx) {
-      const caller = requireCaller(ctx);
+      const caller = requireCaller(ctx.values);
       if (req.repl.case === "replId") return { repl: repl(await owned(req.repl.value, caller)) };
       if (req.repl.case === "name") {
         const found = await repository.findByName(caller.user.id, req.repl.value);
@@ -154,7 +154,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
     },
 
     async listRepls(req, ctx) {
-      const caller = requireCaller(ctx);
+      const caller = requireCaller(ctx.values);
       const states = new Set<ReplStateName>(req.states.map(replStateFromProto));
       const labels = Object.entries(req.labels).sort(([a], [b]) => (a < b ? -1 : 1));
       const filters = { states: [...states].sort(), labels };
@@ -265,7 +265,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
     },
 
     async *watchRepl(req, ctx) {
-      const caller = requireCaller(ctx);
+      const caller = requireCaller(ctx.values);
       const keepaliveMs = req.keepaliveIntervalMs || defaultKeepaliveIntervalMs;
       const events = createEventQueue<ReplEvent>();
       // Subscribe before the first read, so no change between them is missed.
@@ -311,7 +311,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
     },
 
     async listSnapshots(req, ctx) {
-      await owned(req.replId, requireCaller(ctx));
+      await owned(req.replId, requireCaller(ctx.values));
       throw snapshotsLater();
     },
 

@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { mirrorId } from "../ids.js";
 import type { ReplRecord, Versioned } from "../model.js";
 import type { StateStore, StoredValue, Transaction } from "../state/store.js";
 import { assertTransition } from "./state-machine.js";
@@ -39,21 +40,17 @@ export const allReplsIndex = "repls";
 /** The channel a repl's changes and deletion are published on, for watchers in every replica. */
 export const replChannel = (replId: string): string => `repl:${replId}`;
 
-const alphabet = "0123456789abcdefghjkmnpqrstvwxyz";
-const invert = (text: string): string =>
-  [...text].map((char) => alphabet[alphabet.length - 1 - alphabet.indexOf(char)] ?? char).join("");
-
 /**
  * The index member of a repl id: its 26 id characters with every digit mirrored in the id
  * alphabet, so that the indexes' ascending byte order is newest first (ids sort by creation).
  */
 export function replIndexMember(replId: string): string {
-  return invert(replId.slice("repl_".length));
+  return mirrorId(replId.slice("repl_".length));
 }
 
 /** The repl id of an index member (the inverse of {@link replIndexMember}). */
 export function replIdOfMember(member: string): string {
-  return `repl_${invert(member)}`;
+  return `repl_${mirrorId(member)}`;
 }
 
 /** A message on {@link replChannel}. */
