@@ -1,21 +1,47 @@
+import { createHash } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 
 /** The page size used when a request says 0. */
-export const defaultPageSize = 100;
+export const defaultPageSize = 50;
 
-/** A page token: the key of the last item returned, opaque to callers (base64url). */
-export function encodePageToken(lastKey: string): string {
-  return Buffer.from(lastKey, "utf8").toString("base64url");
+/** A page size: 0 means {@link defaultPageSize}. */
+export function pageSizeOf(requested: number): number {
+  return requested === 0 ? defaultPageSize : requested;
 }
 
-/** The key a page token stands for; InvalidArgument naming page_token for anything core did not issue. */
-export function decodePageToken(token: string): string | undefined {
-  if (!token) return undefined;
-  const key = /^[A-Za-z0-9_-]{1,1024}$/.test(token) ? Buffer.from(token, "base64url").toString("utf8") : "";
-  if (!key || encodePageToken(key) !== token) {
+/**
+ * An opaque page token: where the listing continues (the key of the last item returned),
+ * bound to the filters it was issued for, so a token reused with other filters is refused
+ * rather than silently skipping items.
+ */
+export function encodePageToken(after: string, filters: unknown = {}): string {
+  return Buffer.from(JSON.stringify({ a: after, f: fingerprint(filters) })).toString("base64url");
+}
+
+/**
+ * Where a page token from {@link encodePageToken} continues; undefined for an empty token.
+ * InvalidArgument naming page_token for anything core did not issue for these filters.
+ */
+export function decodePageToken(token: string, filters: unknown = {}): string | undefined {
+  if (token === "") return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
+  } catch {
+    parsed = undefined;
+  }
+  const { a, f } = (parsed ?? {}) as { a?: unknown; f?: unknown };
+  if (typeof a !== "string" || typeof f !== "string") {
     throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
   }
-  return key;
+  if (f !== fingerprint(filters)) {
+    throw new ConnectError("page_token: issued for other filters; repeat the same filters", Code.InvalidArgument);
+  }
+  return a;
+}
+
+function fingerprint(filters: unknown): string {
+  return createHash("sha256").update(JSON.stringify(filters)).digest("base64url").slice(0, 16);
 }
 
 /** One page of keys, and the token for the next (empty on the last page). */
@@ -28,11 +54,16 @@ export interface Page {
  * Pages through keys in byte order: the token is the last key returned, so items added or
  * removed between calls never make a page skip or repeat the others.
  */
-export function pageOf(sortedKeys: readonly string[], pageSize: number, pageToken: string): Page {
-  const after = decodePageToken(pageToken);
-  const size = pageSize || defaultPageSize;
+export function pageOf(
+  sortedKeys: readonly string[],
+  pageSize: number,
+  pageToken: string,
+  filters: unknown = {},
+): Page {
+  const after = decodePageToken(pageToken, filters);
+  const size = pageSizeOf(pageSize);
   const rest = after === undefined ? sortedKeys : sortedKeys.filter((key) => key > after);
   const items = rest.slice(0, size);
   const last = items.at(-1);
-  return { items, nextPageToken: rest.length > size && last !== undefined ? encodePageToken(last) : "" };
+  return { items, nextPageToken: rest.length > size && last !== undefined ? encodePageToken(last, filters) : "" };
 }

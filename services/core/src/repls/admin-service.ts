@@ -8,11 +8,9 @@ import { userToMessage } from "../identity/convert.js";
 import { createUserRepository, type UserRepository, userIdOfMember, userKey, usersIndex } from "../identity/users.js";
 import type { ReplStateName } from "../model.js";
 import type { Orchestrator } from "../orchestrator/orchestrator.js";
+import { decodePageToken, encodePageToken, pageSizeOf } from "../paging.js";
 import type { StateStore } from "../state/store.js";
 import {
-  decodePageToken,
-  encodePageToken,
-  pageSizeOf,
   replStateFromProto,
   replStateNames,
   replStateToProto,

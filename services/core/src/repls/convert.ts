@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
@@ -112,40 +111,4 @@ export function requireAdmin(ctx: HandlerContext): Caller {
     throw new ConnectError("AdminService needs an admin user with an ADMIN-scoped credential", Code.PermissionDenied);
   }
   return caller;
-}
-
-/** A page size: 0 means the default of 50. */
-export function pageSizeOf(requested: number): number {
-  return requested === 0 ? 50 : requested;
-}
-
-/**
- * An opaque page token: where the listing continues, bound to the filters it was issued for
- * (a token reused with other filters is refused rather than silently skipping repls).
- */
-export function encodePageToken(after: string, filters: unknown): string {
-  return Buffer.from(JSON.stringify({ a: after, f: fingerprint(filters) })).toString("base64url");
-}
-
-/** The position of a page token from {@link encodePageToken}; undefined for an empty token. */
-export function decodePageToken(token: string, filters: unknown): string | undefined {
-  if (token === "") return undefined;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(Buffer.from(token, "base64url").toString("utf8"));
-  } catch {
-    parsed = undefined;
-  }
-  const { a, f } = (parsed ?? {}) as { a?: unknown; f?: unknown };
-  if (typeof a !== "string" || typeof f !== "string") {
-    throw new ConnectError("page_token is not a token this service issued", Code.InvalidArgument);
-  }
-  if (f !== fingerprint(filters)) {
-    throw new ConnectError("page_token was issued for other filters; repeat the same filters", Code.InvalidArgument);
-  }
-  return a;
-}
-
-function fingerprint(filters: unknown): string {
-  return createHash("sha256").update(JSON.stringify(filters)).digest("base64url").slice(0, 16);
 }

@@ -17,16 +17,9 @@ import { newId } from "../ids.js";
 import type { ReplStateName, Versioned } from "../model.js";
 import type { Orchestrator } from "../orchestrator/orchestrator.js";
 import type { TokenKeys } from "../orchestrator/token-keys.js";
+import { decodePageToken, encodePageToken, pageSizeOf } from "../paging.js";
 import type { TemplateCatalog } from "../templates/catalog.js";
-import {
-  decodePageToken,
-  encodePageToken,
-  pageSizeOf,
-  replStateFromProto,
-  requireWriter,
-  toRepl,
-  toStopSnapshot,
-} from "./convert.js";
+import { replStateFromProto, requireWriter, toRepl, toStopSnapshot } from "./convert.js";
 import type { ReplLifecycle } from "./lifecycle.js";
 import { type ReplEvent, replNotFound, type StoredRepl, userReplsIndex } from "./repository.js";
 
