@@ -158,3 +158,37 @@ describe("a restarted core", () => {
     }
   });
 });
+
+describe("idle stop", () => {
+  it("stops a repl whose runner reports no activity for its idle timeout, and not one with a client attached", async () => {
+    const idleCore = await startCoreProcess(["--idle-timeout-ms", "1500", "--idle-check-interval-ms", "200"]);
+    try {
+      const repls = idleCore.client(ReplService, await idleCore.devApiKey());
+      const busy = (await repls.createRepl({ name: "busy", templateName: "blank" })).repl?.id ?? "";
+      const quiet = (await repls.createRepl({ name: "quiet", templateName: "blank" })).repl?.id ?? "";
+      const busyAccess = (await repls.startRepl({ replId: busy })).access;
+      await repls.startRepl({ replId: quiet });
+      const { terminal } = runnerClients(busyAccess?.endpointUrl ?? "", busyAccess?.token ?? "");
+      const attach = new AttachClient(terminal, {
+        target: { case: "create", value: create(SessionSpecSchema, { cols: 80, rows: 24 }) },
+      });
+      await attach.until((c) => c.of("attached").length > 0, "attached");
+
+      const deadline = Date.now() + 15_000;
+      let quietState = ReplState.RUNNING;
+      while (Date.now() < deadline && quietState !== ReplState.STOPPED) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        quietState = (await repls.getRepl({ repl: { case: "replId", value: quiet } })).repl?.state ?? quietState;
+      }
+      const stopped = (await repls.getRepl({ repl: { case: "replId", value: quiet } })).repl;
+      expect(stopped?.state).toBe(ReplState.STOPPED);
+      expect(stopped?.stopReason).toBe(ReplStopReason.IDLE);
+      // The repl with a terminal client attached is still running well past its timeout.
+      expect((await repls.getRepl({ repl: { case: "replId", value: busy } })).repl?.state).toBe(ReplState.RUNNING);
+      await attach.disconnect();
+    } finally {
+      await idleCore.stop();
+      await idleCore.cleanup();
+    }
+  });
+});
