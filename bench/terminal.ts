@@ -21,7 +21,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
   type AttachRequest,
   AttachRequestSchema,
@@ -231,6 +231,22 @@ function browserOpener(client: Client<typeof TerminalService>) {
   };
 }
 
+/** The receive window of the Attach client's streams and of its connection, in bytes. */
+const windowBytes = 4 * 1024 * 1024;
+
+/**
+ * Opens HTTP/2 connections whose connection-level receive window is as large as the
+ * stream window. Node keeps a connection's window at the protocol's default of 64 KiB
+ * whatever the stream window, and a stream may only use what both allow.
+ */
+class WideWindowSessionManager extends Http2SessionManager {
+  override async request(...args: Parameters<Http2SessionManager["request"]>) {
+    const stream = await super.request(...args);
+    stream.session?.setLocalWindowSize(windowBytes);
+    return stream;
+  }
+}
+
 async function rssMb(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
   const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
@@ -290,14 +306,15 @@ async function main(): Promise<void> {
     req.header.set("authorization", `Bearer ${token}`);
     return next(req);
   };
-  // As an SDK would configure it for terminal traffic: a stream window large enough that
-  // output is not held up waiting for WINDOW_UPDATE round trips (Node's default is 64 KiB).
+  // As an SDK would configure it for terminal traffic: stream and connection windows large
+  // enough that output is not held up waiting for WINDOW_UPDATE round trips (Node's default
+  // is 64 KiB for both).
   const grpc = createClient(
     TerminalService,
     createGrpcTransport({
       baseUrl: runner.url,
       interceptors: [auth],
-      nodeOptions: { settings: { initialWindowSize: 4 * 1024 * 1024 } },
+      sessionManager: new WideWindowSessionManager(runner.url, {}, { settings: { initialWindowSize: windowBytes } }),
     }),
   );
   const connect = createClient(

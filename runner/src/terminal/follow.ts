@@ -14,11 +14,13 @@ export type SessionEvent = Exclude<AttachResponse["event"], { case: "pong" | und
 const maxChunkBytes = 256 * 1024;
 
 /**
- * Output waiting beyond this many bytes means a program is writing in bulk (a PTY read
- * returns at most about 4 KiB), so the stream waits {@link bulkDelayMs} to send it in
- * fewer, larger messages. Less than this (keystroke echo, a prompt) goes out at once.
+ * Output waiting of at least this many bytes means a program is writing in bulk, so the
+ * stream waits {@link bulkDelayMs} to send it in fewer, larger messages. Less than this
+ * (keystroke echo, a prompt) goes out at once. It is half a PTY read: a program writing
+ * in bulk fills each read (4095 bytes on Linux), and a stream that keeps up sees one read
+ * at a time, so a threshold above one read would send a flood in 4 KiB messages.
  */
-const bulkBytes = 4096;
+const bulkBytes = 2048;
 const bulkDelayMs = 3;
 
 /** Where a client starts reading and what it is told first. */
@@ -98,84 +100,107 @@ export async function* follow(
   let cursor = start.offset;
   let resizes = session.resizeCount;
   let lastSent = Date.now();
+  // One subscription, abort listener and keepalive timer for the whole stream rather than
+  // one per wait: a client waits after nearly every keystroke.
+  let resume: (() => void) | undefined;
+  const notify = () => {
+    const wake = resume;
+    resume = undefined;
+    wake?.();
+  };
+  let keepaliveTimer: NodeJS.Timeout | undefined;
+  const unwatch = session.watch(notify);
+  options.signal.addEventListener("abort", notify, { once: true });
   // Lets a pong that is ready cut short a wait for output.
-  const kick: { wake?: () => void } = {};
-  options.extra?.onReady(() => kick.wake?.());
-  yield { case: "attached", value: start.attached };
-  while (!options.signal.aborted) {
-    const extra = options.extra?.take();
-    if (extra) {
-      yield extra;
-      continue;
-    }
-    if (session.resizeCount !== resizes) {
-      resizes = session.resizeCount;
-      lastSent = Date.now();
-      yield {
-        case: "resized",
-        value: {
-          $typeName: "devex.runner.v1.SessionResized",
-          cols: session.cols,
-          rows: session.rows,
-          offset: BigInt(scrollback.end),
-        },
-      };
-      continue;
-    }
-    if (cursor < scrollback.end) {
-      if (cursor < scrollback.start) {
-        const skippedFrom = cursor;
-        let snapshot: ScreenSnapshot | undefined;
-        if (options.snapshots) {
-          const state = await session.screen.snapshot();
-          snapshot = snapshotMessage(state);
-          cursor = Math.max(state.offset, scrollback.start);
-        } else {
-          cursor = scrollback.start;
-        }
+  options.extra?.onReady(notify);
+  try {
+    yield { case: "attached", value: start.attached };
+    while (!options.signal.aborted) {
+      const extra = options.extra?.take();
+      if (extra) {
+        yield extra;
+        continue;
+      }
+      if (session.resizeCount !== resizes) {
+        resizes = session.resizeCount;
         lastSent = Date.now();
         yield {
-          case: "lagged",
+          case: "resized",
           value: {
-            $typeName: "devex.runner.v1.SessionLagged",
-            skippedFromOffset: BigInt(skippedFrom),
-            resumeOffset: BigInt(cursor),
-            snapshot,
+            $typeName: "devex.runner.v1.SessionResized",
+            cols: session.cols,
+            rows: session.rows,
+            offset: BigInt(scrollback.end),
           },
         };
         continue;
       }
-      if (scrollback.end - cursor >= bulkBytes && scrollback.end - cursor < maxChunkBytes) {
-        await new Promise((resolve) => setTimeout(resolve, bulkDelayMs));
-        if (cursor < scrollback.start) continue;
+      if (cursor < scrollback.end) {
+        if (cursor < scrollback.start) {
+          const skippedFrom = cursor;
+          let snapshot: ScreenSnapshot | undefined;
+          if (options.snapshots) {
+            const state = await session.screen.snapshot();
+            snapshot = snapshotMessage(state);
+            cursor = Math.max(state.offset, scrollback.start);
+          } else {
+            cursor = scrollback.start;
+          }
+          lastSent = Date.now();
+          yield {
+            case: "lagged",
+            value: {
+              $typeName: "devex.runner.v1.SessionLagged",
+              skippedFromOffset: BigInt(skippedFrom),
+              resumeOffset: BigInt(cursor),
+              snapshot,
+            },
+          };
+          continue;
+        }
+        if (scrollback.end - cursor >= bulkBytes && scrollback.end - cursor < maxChunkBytes) {
+          await new Promise((resolve) => setTimeout(resolve, bulkDelayMs));
+          if (cursor < scrollback.start) continue;
+        }
+        const data = scrollback.read(cursor, maxChunkBytes);
+        const offset = cursor;
+        cursor += data.length;
+        lastSent = Date.now();
+        yield { case: "output", value: { $typeName: "devex.runner.v1.SessionOutput", data, offset: BigInt(offset) } };
+        continue;
       }
-      const data = scrollback.read(cursor, maxChunkBytes);
-      const offset = cursor;
-      cursor += data.length;
-      lastSent = Date.now();
-      yield { case: "output", value: { $typeName: "devex.runner.v1.SessionOutput", data, offset: BigInt(offset) } };
-      continue;
+      const exit = session.exit;
+      if (exit && cursor >= exit.offset) {
+        yield {
+          case: "exit",
+          value: {
+            $typeName: "devex.runner.v1.SessionExited",
+            status: exitStatusOf(exit),
+            exitedAt: timestampFromDate(exit.at),
+            offset: BigInt(exit.offset),
+            reason: exit.reason,
+          },
+        };
+        return;
+      }
+      const waitMs = options.keepaliveMs - (Date.now() - lastSent);
+      if (waitMs <= 0) {
+        lastSent = Date.now();
+        yield { case: "keepalive", value: create(KeepaliveSchema, { sentAt: timestampFromDate(new Date()) }) };
+        continue;
+      }
+      // A timer left from an earlier wait fires no later than this wait needs: keep it.
+      keepaliveTimer ??= setTimeout(() => {
+        keepaliveTimer = undefined;
+        notify();
+      }, waitMs);
+      await new Promise<void>((resolve) => {
+        resume = resolve;
+      });
     }
-    const exit = session.exit;
-    if (exit && cursor >= exit.offset) {
-      yield {
-        case: "exit",
-        value: {
-          $typeName: "devex.runner.v1.SessionExited",
-          status: exitStatusOf(exit),
-          exitedAt: timestampFromDate(exit.at),
-          offset: BigInt(exit.offset),
-          reason: exit.reason,
-        },
-      };
-      return;
-    }
-    const waitMs = options.keepaliveMs - (Date.now() - lastSent);
-    if (waitMs <= 0) {
-      lastSent = Date.now();
-      yield { case: "keepalive", value: create(KeepaliveSchema, { sentAt: timestampFromDate(new Date()) }) };
-      continue;
-    }
-    await session.changed(waitMs, options.signal, kick);
+  } finally {
+    unwatch();
+    options.signal.removeEventListener("abort", notify);
+    clearTimeout(keepaliveTimer);
   }
 }

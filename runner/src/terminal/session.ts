@@ -3,6 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import * as pty from "node-pty";
 import type { Activity } from "../activity.js";
 import { InputSequencer } from "./input-order.js";
+import { PtyWriter } from "./pty-writer.js";
 import { ScreenModel } from "./screen.js";
 import { Scrollback } from "./scrollback.js";
 
@@ -72,7 +73,9 @@ export class TerminalSession {
   private clients = 0;
   private lastDetachAt = Date.now();
   private readonly pty: pty.IPty;
-  private readonly waiters = new Set<() => void>();
+  /** Writes input without node-pty's thread-pool hop; absent if node-pty exposes no fd. */
+  private readonly writer: PtyWriter | undefined;
+  private readonly watchers = new Set<() => void>();
   private detachTimer: NodeJS.Timeout | undefined;
   private exitReason = "";
   private readonly exited: Promise<void>;
@@ -101,6 +104,7 @@ export class TerminalSession {
       env: spec.env,
       encoding: null,
     });
+    this.writer = directWriter(this.pty);
     this.pty.onData((data) => this.onOutput(data as unknown as Buffer));
     this.exited = new Promise((resolve) => {
       this.pty.onExit(({ exitCode, signal }) => {
@@ -112,6 +116,7 @@ export class TerminalSession {
           reason: this.exitReason,
         };
         clearTimeout(this.detachTimer);
+        this.writer?.close();
         this.input.close(new ConnectError(`session "${this.id}" has exited`, Code.FailedPrecondition));
         this.wake();
         env.onExit(this);
@@ -148,7 +153,8 @@ export class TerminalSession {
   /** Writes input to the program, in the order of calls. */
   write(data: Uint8Array): void {
     if (this.exit) throw new ConnectError(`session "${this.id}" has exited`, Code.FailedPrecondition);
-    this.pty.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    if (this.writer) this.writer.write(data);
+    else this.pty.write(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
     this.lastActivityMs = Date.now();
     this.env.activity.touch();
   }
@@ -191,28 +197,18 @@ export class TerminalSession {
   }
 
   /**
-   * Resolves when there is new output, a resize or the exit, or when `timeoutMs` passes,
-   * the signal aborts or the caller's own `kick.wake()` is called, whichever comes first.
+   * Calls `listener` after every change (new output, a resize, the exit) until the returned
+   * function is called. A client subscribes once for as long as it follows the session,
+   * rather than once per wait, as it waits after nearly every keystroke.
    */
-  changed(timeoutMs: number, signal: AbortSignal, kick?: { wake?: () => void }): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", done);
-        this.waiters.delete(done);
-        if (kick) kick.wake = undefined;
-        resolve();
-      };
-      const timer = setTimeout(done, timeoutMs);
-      signal.addEventListener("abort", done, { once: true });
-      this.waiters.add(done);
-      if (kick) kick.wake = done;
-    });
+  watch(listener: () => void): () => void {
+    this.watchers.add(listener);
+    return () => this.watchers.delete(listener);
   }
 
   private wake(): void {
-    // A waiter removes itself while called; a Set's iteration allows that.
-    for (const waiter of this.waiters) waiter();
+    // A watcher may unsubscribe while called; a Set's iteration allows that.
+    for (const watcher of this.watchers) watcher();
   }
 
   /**
@@ -255,6 +251,27 @@ export class TerminalSession {
     clearTimeout(this.detachTimer);
     this.screen.dispose();
   }
+}
+
+/** The parts of node-pty's Unix terminal that are not in its typings. */
+interface UnixPty {
+  /** The PTY master. */
+  fd?: unknown;
+  /** `close`: node-pty closed the master (the program's side hung up). */
+  on?(event: "close", listener: () => void): void;
+}
+
+/**
+ * A writer straight to the PTY master; undefined where node-pty exposes none (then its own
+ * write is used). It stops when node-pty reports the master closed, where node-pty's own
+ * write stops, so input does not go on to a descriptor number that may be reused.
+ */
+function directWriter(term: pty.IPty): PtyWriter | undefined {
+  const { fd, on } = term as pty.IPty & UnixPty;
+  if (typeof fd !== "number" || typeof on !== "function") return undefined;
+  const writer = new PtyWriter(fd);
+  on.call(term, "close", () => writer.close());
+  return writer;
 }
 
 /** The name of a signal number (`SIGHUP` for 1). */
