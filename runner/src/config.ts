@@ -1,9 +1,11 @@
 import {
   booleanSchema,
   bytesSchema,
+  ConfigError,
   type ConfigOf,
   durationMsSchema,
   integerSchema,
+  type LoadConfigOptions,
   optional,
   patternSchema,
   serverSettings,
@@ -41,6 +43,14 @@ export const runnerSettings = {
     env: "DEVEX_RUNNER_TOKEN_PUBLIC_KEY",
     schema: optional(textSchema),
     description: "Core's Ed25519 public key (SPKI PEM text, or a path to a PEM file). Required unless --dev.",
+  }),
+  standby: setting({
+    flag: "standby",
+    env: "DEVEX_RUNNER_STANDBY",
+    boolean: true,
+    schema: withDefault(booleanSchema, false),
+    description:
+      "Start warm without a repl, then wait for one assignment on stdin: a JSON line {replId, workspace, home}. Needs --token-public-key; not with --repl-id, --workspace or --dev.",
   }),
   dev: setting({
     flag: "dev",
@@ -97,3 +107,26 @@ export const runnerSettings = {
 
 /** The runner's validated configuration. */
 export type RunnerConfig = ConfigOf<typeof runnerSettings>;
+
+/**
+ * Checks what no single setting can tell about a standby (`--standby`): it learns its repl
+ * and workspace from its assignment, so they must not be given as well, and it serves
+ * core's tokens, so it needs core's key. `source` is where the configuration was read
+ * from, to tell a workspace given from the default one. Undefined when all is well.
+ */
+export function standbyConfigError(config: RunnerConfig, source: LoadConfigOptions = {}): ConfigError | undefined {
+  if (!config.standby) return undefined;
+  const argv = source.argv ?? process.argv.slice(2);
+  const env = source.env ?? process.env;
+  const given = (s: { flag: string; env: string }) =>
+    argv.some((arg) => arg === `--${s.flag}` || arg.startsWith(`--${s.flag}=`)) || Boolean(env[s.env]);
+  const problems: string[] = [];
+  for (const s of [runnerSettings.replId, runnerSettings.workspace]) {
+    if (given(s)) problems.push(`  --${s.flag} (${s.env}): not with --standby, whose assignment names it`);
+  }
+  if (config.dev) problems.push("  --dev (DEVEX_RUNNER_DEV): not with --standby, which serves core's tokens");
+  if (!config.tokenPublicKey) {
+    problems.push("  --token-public-key (DEVEX_RUNNER_TOKEN_PUBLIC_KEY): required with --standby");
+  }
+  return problems.length > 0 ? new ConfigError(`invalid configuration:\n${problems.join("\n")}`) : undefined;
+}

@@ -64,6 +64,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     runnerEntry: resolve(config.runnerEntry),
     tokenKeys,
     logger,
+    standbyRunners: config.runnerStandbyCount,
   });
   const runners = createRunnerCaller(tokenKeys);
   const repository = createReplRepository({ store });

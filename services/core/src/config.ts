@@ -65,6 +65,13 @@ export const coreSettings = {
     description:
       "The runner bundle the local orchestrator starts (npm run build makes it). Default runner/dist/main.js.",
   }),
+  runnerStandbyCount: setting({
+    flag: "runner-standby-count",
+    env: "DEVEX_RUNNER_STANDBY_COUNT",
+    schema: withDefault(integerSchema(0, 8), 1),
+    description:
+      "Runner processes the local orchestrator keeps started and warmed up ahead of need, so a repl start hands one its repl instead of booting a process (0 to boot one per start). Default 1.",
+  }),
   templatesDir: setting({
     flag: "templates-dir",
     env: "DEVEX_TEMPLATES_DIR",

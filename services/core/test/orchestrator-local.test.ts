@@ -1,14 +1,16 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { createLogger, signRunnerToken } from "@devex/kit";
 import { repoRoot } from "@devex/kit/testing";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newId } from "../src/ids.js";
 import { createLocalOrchestrator, type LocalOrchestratorOptions } from "../src/orchestrator/local.js";
@@ -20,6 +22,7 @@ const runnerEntry = join(repoRoot, "runner", "dist", "main.js");
 const logger = createLogger({ service: "core", level: process.env.DEVEX_TEST_LOG_LEVEL ?? "silent" });
 const orchestrators: Orchestrator[] = [];
 const strays: ChildProcess[] = [];
+const scratchDirs: string[] = [];
 let dataDir: string;
 let tokenKeys: TokenKeys;
 let orchestrator: Orchestrator;
@@ -32,8 +35,21 @@ function newOrchestrator(overrides: Partial<LocalOrchestratorOptions> = {}): Orc
 
 const spec = (replId = newId("repl")) => ({ replId, userId: "usr_test", templateName: "blank" });
 
-async function recordOf(replId: string): Promise<{ pid: number; port: number }> {
-  return JSON.parse(await readFile(join(dataDir, "runners", `${replId}.json`), "utf8"));
+async function recordOf(replId: string, dir = dataDir): Promise<{ pid: number; port: number }> {
+  return JSON.parse(await readFile(join(dir, "runners", `${replId}.json`), "utf8"));
+}
+
+/** A debug logger that keeps every record, to see what the standbys say. */
+function capturingLogger() {
+  const records: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split("\n")) if (line) records.push(JSON.parse(line));
+      done();
+    },
+  });
+  const readyStandbys = () => records.filter((r) => r.msg === "standby").map((r) => Number(r.standbyPid));
+  return { logger: pino({ level: "debug" }, stream), records, readyStandbys };
 }
 
 function isAlive(pid: number): boolean {
@@ -92,7 +108,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(orchestrators.map((o) => o.close({ stopRunners: true })));
   for (const child of strays) child.kill("SIGKILL");
-  await rm(dataDir, { recursive: true, force: true });
+  await Promise.all([dataDir, ...scratchDirs].map((dir) => rm(dir, { recursive: true, force: true })));
 });
 
 describe("local orchestrator", () => {
@@ -314,5 +330,100 @@ describe("local orchestrator", () => {
     await closing.close({ stopRunners: true });
     for (const pid of pids) expect(isAlive(pid)).toBe(false);
     expect((await codeOf(() => closing.start(spec()))).code).toBe(Code.Unavailable);
+  });
+});
+
+describe("local orchestrator with standby runners", () => {
+  /** An orchestrator with its own data directory, so that its listing is its own. */
+  const pooledOrchestrator = async (overrides: Partial<LocalOrchestratorOptions> = {}) => {
+    const dir = await mkdtemp(join(tmpdir(), "devex-orchestrator-pool-"));
+    scratchDirs.push(dir);
+    const captured = capturingLogger();
+    const pooled = newOrchestrator({ dataDir: dir, logger: captured.logger, standbyRunners: 1, ...overrides });
+    return { ...captured, dir, pooled };
+  };
+
+  it("hands a warmed-up standby the repl, refills the pool, and stops the runner like any other", async () => {
+    const { pooled, dir, readyStandbys } = await pooledOrchestrator();
+    await until(() => readyStandbys().length === 1, "a standby to be ready", 20_000);
+    const [standbyPid = 0] = readyStandbys();
+    // A standby is no runner: nothing lists it, no record names it.
+    expect(await pooled.list()).toEqual([]);
+    expect(existsSync(join(dir, "runners"))).toBe(false);
+
+    const { replId } = spec();
+    const started = await pooled.start(spec(replId));
+    expect(started).toMatchObject({ replId, phase: "starting" });
+    expect(started.endpoint).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect((await recordOf(replId, dir)).pid).toBe(standbyPid);
+    const ready = await pooled.waitReady(replId, 15_000);
+    const fs = await userClient(ready, FilesystemService);
+    await fs.writeFile({ path: "from-standby.txt", content: new TextEncoder().encode("ok") });
+    expect(await readFile(join(pooled.workspacePath(replId), "from-standby.txt"), "utf8")).toBe("ok");
+    const caller = createRunnerCaller(tokenKeys);
+    expect(await caller.status(ready)).toMatchObject({ replId });
+    caller.close();
+
+    await until(() => readyStandbys().length === 2, "the pool to be refilled", 20_000);
+    expect(readyStandbys()[1]).not.toBe(standbyPid);
+    expect((await pooled.list()).map((r) => r.replId)).toEqual([replId]);
+    expect(await readdir(join(dir, "runners"))).toEqual([`${replId}.json`]);
+
+    await pooled.stop(replId, 2_000);
+    expect(isAlive(standbyPid)).toBe(false);
+    expect(await pooled.get(replId)).toBeUndefined();
+    expect(await readdir(join(dir, "runners"))).toEqual([]);
+  });
+
+  it("lets a restarted core adopt a runner that was a standby, and the old standby exits on its own", async () => {
+    const { pooled: first, dir, readyStandbys } = await pooledOrchestrator();
+    await until(() => readyStandbys().length === 1, "a standby to be ready", 20_000);
+    const { replId } = spec();
+    await first.start(spec(replId));
+    const ready = await first.waitReady(replId, 15_000);
+    const { pid } = await recordOf(replId, dir);
+    expect(pid).toBe(readyStandbys()[0]);
+    await until(() => readyStandbys().length === 2, "the pool to be refilled", 20_000);
+    const spare = readyStandbys()[1] ?? 0;
+
+    // Core goes away without stopping anything, and signals nothing.
+    await first.close();
+    await until(() => !isAlive(spare), "the spare standby to exit as its stdin ended", 5_000);
+    expect(isAlive(pid)).toBe(true);
+
+    const second = newOrchestrator({ dataDir: dir });
+    expect((await second.list()).map((r) => r.replId)).toEqual([replId]);
+    expect(await second.waitReady(replId, 5_000)).toMatchObject({ endpoint: ready.endpoint });
+    const fs = await userClient(ready, FilesystemService);
+    expect((await fs.stat({ path: "." })).entry?.path).toBe(".");
+    await second.stop(replId, 2_000);
+    expect(isAlive(pid)).toBe(false);
+  });
+
+  it("stops its standbys on close({ stopRunners: true })", async () => {
+    const { pooled, readyStandbys } = await pooledOrchestrator({ standbyRunners: 2 });
+    await until(() => readyStandbys().length === 2, "two standbys to be ready", 20_000);
+    await pooled.close({ stopRunners: true });
+    await until(() => readyStandbys().every((pid) => !isAlive(pid)), "the standbys to be gone", 2_000);
+  });
+
+  it("replaces a standby that dies, backing off while they keep dying", async () => {
+    const { pooled, readyStandbys, records } = await pooledOrchestrator();
+    await until(() => readyStandbys().length === 1, "a standby to be ready", 20_000);
+    process.kill(readyStandbys()[0] ?? 0, "SIGKILL");
+    await until(() => readyStandbys().length === 2, "a replacement to be ready", 20_000);
+    expect(records.find((r) => r.msg === "a standby runner exited")).toMatchObject({ retryInMs: 500 });
+    await pooled.close();
+
+    const entry = join(dataDir, "crashing-standby.mjs");
+    await writeFile(entry, 'console.error("boom: no standby today"); process.exit(3);\n');
+    const crashing = await pooledOrchestrator({ runnerEntry: entry });
+    const deaths = () => crashing.records.filter((r) => r.msg === "a standby runner exited");
+    await until(() => deaths().length === 3, "three standbys to die", 15_000);
+    // Started at once, then after 0.5 s, then after 1 s more: the next one waits 2 s.
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(deaths().map((r) => r.retryInMs)).toEqual([500, 1_000, 2_000]);
+    expect(deaths()[0]).toMatchObject({ detail: "it exited with code 3" });
+    expect(String(deaths()[0]?.lastOutput)).toContain("boom: no standby today");
   });
 });

@@ -29,6 +29,12 @@ export interface LocalOrchestratorOptions {
   listenTimeoutMs?: number;
   /** The grace period of each runner when `close({ stopRunners: true })` stops them all, in ms. Default 5000. */
   closeGraceMs?: number;
+  /**
+   * Runner processes kept started ahead of need (`--standby`: loaded and warmed up, no
+   * repl yet), so that `start` hands one its repl instead of waiting for a process to
+   * boot. Default 0: every start spawns a process.
+   */
+  standbyRunners?: number;
 }
 
 /** What `<dataDir>/runners/<replId>.json` says about a runner, so a restarted core can adopt it. */
@@ -61,6 +67,19 @@ interface Tracked {
   detached?: boolean;
 }
 
+/** A runner process started with `--standby`, not yet assigned a repl. */
+interface Standby {
+  child: ChildProcess;
+  pid: number;
+  startedAtMs: number;
+  /** Set once it logged `standby`: warmed up and reading its assignment. */
+  ready: boolean;
+  /** Set once handed to a repl: from then on it is that repl's runner. */
+  assigned: boolean;
+  /** Where its output lines go; `launch` takes them over on assignment. */
+  onLine: (stream: "stdout" | "stderr", line: string) => void;
+}
+
 const replIdPattern = /^repl_[0-9a-z]{26}$/;
 /** Fields of every runner log line that core's own logger sets itself. */
 const pinoBaseKeys = new Set(["time", "pid", "hostname", "name", "service"]);
@@ -69,12 +88,25 @@ const tailLines = 40;
 const adoptedPollMs = 1_000;
 /** A record without a port younger than this belongs to a runner that may still be starting. */
 const startingRecordMs = 30_000;
+/**
+ * How long after a standby was taken its replacement is started: booting one costs a
+ * few hundred ms of CPU, which should not compete with the new repl's first requests.
+ */
+const standbyRefillDelayMs = 250;
+/** The first delay before replacing a standby that died; doubled for each death in a row. */
+const standbyRetryMs = 500;
+/** The longest delay before replacing a standby that died. */
+const standbyMaxRetryMs = 60_000;
+/** A standby that lived this long before dying starts a new count of deaths in a row. */
+const standbyHealthyMs = 60_000;
 
 /**
  * The local orchestration driver: one runner process per active repl on this machine.
  * Runners run in their own process group (a Ctrl-C in core's terminal does not reach
  * them; core stops them) and are recorded under `<dataDir>/runners/`, so a restarted
- * core adopts the ones still running instead of losing track of them.
+ * core adopts the ones still running instead of losing track of them. With
+ * `standbyRunners`, a start takes a runner process that already booted and warmed up
+ * (see the runner's `--standby`) when one is ready, and spawns one otherwise.
  */
 export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orchestrator {
   const dataDir = resolve(options.dataDir);
@@ -169,7 +201,9 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     }
     // The bundle's path may differ after an upgrade; the repl id flag is what identifies it.
     const at = args.indexOf("--repl-id");
-    return at >= 0 && args[at + 1] === replId;
+    if (at >= 0) return args[at + 1] === replId;
+    // A runner started as a standby read its repl on stdin: its command line cannot tell.
+    return args.includes("--standby") ? undefined : false;
   };
 
   /**
@@ -243,6 +277,136 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   /** The repl's runner: tracked, or adopted from its record. */
   const find = async (replId: string) => runners.get(replId) ?? (await adopt(replId));
 
+  const logLevel = logger.isLevelEnabled("debug") ? "debug" : "info";
+  const compileCacheDir = join(dataDir, "cache", "node-compile");
+
+  /** Starts a runner process with these flags; every line of its output goes to `onLine`. */
+  const spawnRunner = (
+    flags: string[],
+    where: { cwd: string; home?: string; stdin: "ignore" | "pipe" },
+    onLine: (stream: "stdout" | "stderr", line: string) => void,
+  ): ChildProcess => {
+    const args = [
+      ...nodeOptions,
+      runnerEntry,
+      "--port",
+      "0",
+      "--host",
+      "127.0.0.1",
+      ...flags,
+      `--token-public-key=${options.tokenKeys.publicKeyPem}`,
+      "--log-level",
+      logLevel,
+    ];
+    const child = spawn(process.execPath, args, {
+      cwd: where.cwd,
+      env: runnerEnvironment(where.home, compileCacheDir),
+      // Its own process group: signals for core's terminal do not reach runners.
+      detached: true,
+      stdio: [where.stdin, "pipe", "pipe"],
+    });
+    if (child.stdout) createInterface({ input: child.stdout }).on("line", (line) => onLine("stdout", line));
+    if (child.stderr) createInterface({ input: child.stderr }).on("line", (line) => onLine("stderr", line));
+    return child;
+  };
+
+  /** Relays a line of a runner's output to core's log; returns it as a log record if it is one. */
+  const relayLine = (log: Logger, stream: "stdout" | "stderr", line: string): Record<string, unknown> | undefined => {
+    const record = parseLogLine(line);
+    if (!record) {
+      (stream === "stderr" ? log.warn : log.debug).call(log, { stream }, line.slice(0, 8_192));
+      return undefined;
+    }
+    const { level, msg, ...rest } = record;
+    const fields = Object.fromEntries(Object.entries(rest).filter(([key]) => !pinoBaseKeys.has(key)));
+    const numeric = typeof level === "number" ? level : 30;
+    const method = numeric >= 50 ? log.error : numeric >= 40 ? log.warn : log.debug;
+    method.call(log, fields, typeof msg === "string" ? msg : "");
+    return { ...fields, msg };
+  };
+
+  // The standby pool: runner processes started ahead of need, each waiting for the
+  // assignment of a repl on its stdin. They are in no record and in no listing: they hold
+  // no user data, and a restarted core must not adopt them. When core goes away, however
+  // it goes, their stdin ends and they exit.
+  const standbyTarget = Math.max(0, Math.floor(options.standbyRunners ?? 0));
+  const standbys = new Set<Standby>();
+  /** Standbys that died in a row without being assigned: the replacement backs off. */
+  let standbyDeaths = 0;
+  let refillTimer: NodeJS.Timeout | undefined;
+
+  const scheduleRefill = (delayMs: number) => {
+    if (closed || standbys.size >= standbyTarget || refillTimer) return;
+    refillTimer = setTimeout(() => {
+      refillTimer = undefined;
+      refill().catch((error: unknown) => {
+        logger.warn({ err: error }, "could not start a standby runner");
+        scheduleRefill(standbyMaxRetryMs);
+      });
+    }, delayMs);
+    refillTimer.unref();
+  };
+
+  const refill = async () => {
+    await mkdir(dataDir, { recursive: true });
+    while (!closed && standbys.size < standbyTarget) startStandby();
+  };
+
+  const startStandby = () => {
+    const tail: string[] = [];
+    const child = spawnRunner(["--standby"], { cwd: dataDir, stdin: "pipe" }, (stream, line) =>
+      standby.onLine(stream, line),
+    );
+    const log = logger.child({ standbyPid: child.pid });
+    const standby: Standby = {
+      child,
+      pid: child.pid ?? 0,
+      startedAtMs: Date.now(),
+      ready: false,
+      assigned: false,
+      onLine(stream, line) {
+        tail.push(line);
+        if (tail.length > tailLines) tail.shift();
+        if (relayLine(log, stream, line)?.msg === "standby") standby.ready = true;
+      },
+    };
+    // Writing the assignment to a standby that just died fails; its exit is handled below.
+    child.stdin?.on("error", () => {});
+    standbys.add(standby);
+    const gone = (detail: string) => {
+      // An assigned standby left the pool: its exit is its runner's.
+      if (!standbys.delete(standby) || closed) return;
+      if (Date.now() - standby.startedAtMs > standbyHealthyMs) standbyDeaths = 0;
+      standbyDeaths++;
+      const retryInMs = Math.min(standbyRetryMs * 2 ** (standbyDeaths - 1), standbyMaxRetryMs);
+      log.warn({ detail, retryInMs, lastOutput: tail.slice(-10).join("\n") }, "a standby runner exited");
+      scheduleRefill(retryInMs);
+    };
+    child.once("error", (error) => gone(`it could not be started: ${error.message}`));
+    child.once("exit", (code, exitSignal) => {
+      // Its last lines (why it failed) may still be in the pipes.
+      const finish = () => {
+        clearTimeout(timer);
+        gone(exitSignal ? `it was killed by ${exitSignal}` : `it exited with code ${code}`);
+      };
+      const timer = setTimeout(finish, 250);
+      child.once("close", finish);
+    });
+  };
+
+  /** A warmed-up standby, out of the pool, or undefined if none is ready; its replacement follows. */
+  const takeStandby = (): Standby | undefined => {
+    for (const standby of standbys) {
+      if (!standby.ready || standby.child.exitCode !== null || standby.child.signalCode !== null) continue;
+      standbys.delete(standby);
+      standby.assigned = true;
+      standbyDeaths = 0;
+      scheduleRefill(standbyRefillDelayMs);
+      return standby;
+    }
+    return undefined;
+  };
+
   const launch = async (spec: RunnerSpec, signal?: AbortSignal): Promise<Tracked> => {
     const { replId } = spec;
     try {
@@ -253,30 +417,19 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     const workspace = workspacePath(replId);
     const home = homePath(replId);
     await Promise.all([mkdir(workspace, { recursive: true }), mkdir(home, { recursive: true })]);
-    const args = [
-      ...nodeOptions,
-      runnerEntry,
-      "--port",
-      "0",
-      "--host",
-      "127.0.0.1",
-      "--repl-id",
-      replId,
-      `--token-public-key=${options.tokenKeys.publicKeyPem}`,
-      "--workspace",
-      workspace,
-      "--home",
-      home,
-      "--log-level",
-      logger.isLevelEnabled("debug") ? "debug" : "info",
-    ];
-    const child = spawn(process.execPath, args, {
-      cwd: workspace,
-      env: runnerEnvironment(home, join(dataDir, "cache", "node-compile")),
-      // Its own process group: signals for core's terminal do not reach runners.
-      detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    let onLine = (_stream: "stdout" | "stderr", _line: string) => {};
+    const standby = takeStandby();
+    let child: ChildProcess;
+    if (standby) {
+      child = standby.child;
+      standby.onLine = (stream, line) => onLine(stream, line);
+    } else {
+      child = spawnRunner(
+        ["--repl-id", replId, "--workspace", workspace, "--home", home],
+        { cwd: workspace, home, stdin: "ignore" },
+        (stream, line) => onLine(stream, line),
+      );
+    }
     if (child.pid === undefined) {
       const error = await new Promise<Error>((resolveError) => child.once("error", resolveError));
       throw new ConnectError(`the runner could not be started: ${error.message}`, Code.Unavailable);
@@ -294,26 +447,15 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     };
     runners.set(replId, runner);
     const log = logger.child({ replId, pid: runner.pid });
-    log.info({ templateName: spec.templateName, userId: spec.userId }, "starting runner");
+    log.info({ templateName: spec.templateName, userId: spec.userId, standby: Boolean(standby) }, "starting runner");
 
     const listening = new Promise<number>((resolvePort, reject) => {
-      const relay = (stream: "stdout" | "stderr") => (line: string) => {
+      onLine = (stream, line) => {
         runner.tail.push(line);
         if (runner.tail.length > tailLines) runner.tail.shift();
-        const record = parseLogLine(line);
-        if (!record) {
-          (stream === "stderr" ? log.warn : log.debug).call(log, { stream }, line.slice(0, 8_192));
-          return;
-        }
-        const { level, msg, ...rest } = record;
-        const fields = Object.fromEntries(Object.entries(rest).filter(([key]) => !pinoBaseKeys.has(key)));
-        if (msg === "listening" && typeof fields.port === "number") resolvePort(fields.port);
-        const numeric = typeof level === "number" ? level : 30;
-        const method = numeric >= 50 ? log.error : numeric >= 40 ? log.warn : log.debug;
-        method.call(log, fields, typeof msg === "string" ? msg : "");
+        const record = relayLine(log, stream, line);
+        if (record?.msg === "listening" && typeof record.port === "number") resolvePort(record.port);
       };
-      if (child.stdout) createInterface({ input: child.stdout }).on("line", relay("stdout"));
-      if (child.stderr) createInterface({ input: child.stderr }).on("line", relay("stderr"));
       child.once("error", (error) => {
         markGone(runner, `the runner could not be started: ${error.message}`);
         reject(error);
@@ -331,6 +473,8 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
         child.once("close", finish);
       });
     });
+    // The standby serves the repl from this line on, exactly as if it had been started for it.
+    standby?.child.stdin?.end(`${JSON.stringify({ replId, workspace, home })}\n`);
     listening.catch(() => {});
 
     const timeout = AbortSignal.timeout(listenTimeoutMs);
@@ -421,6 +565,8 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     runner.child?.unref();
   };
 
+  scheduleRefill(0);
+
   return {
     driver: "local",
 
@@ -502,6 +648,16 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     async close(closeOptions = {}) {
       if (closed) return;
       closed = true;
+      clearTimeout(refillTimer);
+      // Standbys exit as their stdin ends, as when core dies; local Ctrl-C (stopRunners) does not wait for it.
+      for (const standby of standbys) {
+        standby.child.stdin?.end();
+        if (closeOptions.stopRunners) signalGroup(standby.pid, "SIGKILL");
+        standby.child.stdout?.destroy();
+        standby.child.stderr?.destroy();
+        standby.child.unref();
+      }
+      standbys.clear();
       if (closeOptions.stopRunners) {
         const ids = new Set([...runners.keys(), ...(await list()).map((runner) => runner.replId)]);
         const results = await Promise.allSettled(
@@ -550,6 +706,8 @@ function isAlive(pid: number): boolean {
 
 /** Signals the process group a runner leads (it was started detached); gone already is fine. */
 function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  // Group 0 would be core's own.
+  if (pid <= 0) return;
   try {
     process.kill(-pid, signal);
   } catch {
@@ -573,13 +731,14 @@ function parseLogLine(line: string): Record<string, unknown> | undefined {
  * bundle, so each start after the first skips most of its compilation). The runner passes
  * none of this beyond its own whitelist to the programs in the workspace.
  */
-function runnerEnvironment(home: string, compileCacheDir: string): Record<string, string> {
+function runnerEnvironment(home: string | undefined, compileCacheDir: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const name of ["PATH", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"]) {
     const value = process.env[name];
     if (value !== undefined) env[name] = value;
   }
-  env.HOME = home;
+  // A standby's repl, hence its home, is not known yet; the runner gives its programs their HOME itself.
+  if (home !== undefined) env.HOME = home;
   env.NODE_COMPILE_CACHE = compileCacheDir;
   return env;
 }
