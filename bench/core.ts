@@ -2,8 +2,9 @@
  * `npm run bench:core`: core's own costs, measured against baselines in the same run.
  *
  *   start-to-prompt  StartRepl until the first byte of a shell prompt through Attach, local
- *                    mode (embedded store, local orchestrator); baseline: a runner process
- *                    started directly, until the same first byte (what no control plane can beat)
+ *                    mode (embedded store, local orchestrator), with the standby pool (starts
+ *                    BENCH_START_PAUSE_MS apart, default 2000, so it has refilled) and without
+ *                    it; baseline: a runner process started directly, until the same first byte
  *   getrepl-*        unary GetRepl with an API key, core on Redis, 64 calls in flight over one
  *                    HTTP/2 connection and over eight, driven by h2load (apt-get install
  *                    nghttp2-client); baseline: the same server kit answering a fixed repl with
@@ -34,6 +35,7 @@ import { startRedisServer } from "../services/core/test/support/redis-server.js"
 
 const starts = Number(process.env.BENCH_STARTS ?? 20);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
+const startPauseMs = Number(process.env.BENCH_START_PAUSE_MS ?? 2000);
 const concurrency = 64;
 const execFileAsync = promisify(execFile);
 
@@ -72,28 +74,44 @@ async function firstByte(endpointUrl: string, token: string): Promise<void> {
   }
 }
 
-async function startToPrompt(): Promise<void> {
-  const core = await startCoreProcess();
+interface StartTimes {
+  /** StartRepl until the first prompt byte through Attach, sorted. */
+  toPrompt: number[];
+  /** StartRepl alone (until the runner is healthy), sorted. */
+  startRepl: number[];
+}
+
+/** Starts and stops one repl `starts` times, `pauseMs` apart, on a core started with `args`. */
+async function measureStarts(args: string[], pauseMs: number): Promise<StartTimes> {
+  const core = await startCoreProcess(args);
   try {
     const repls = core.client(ReplService, await core.devApiKey());
     const { repl } = await repls.createRepl({ name: "bench", templateName: "blank" });
     const replId = repl?.id ?? "";
-    const times: number[] = [];
-    const startTimes: number[] = [];
+    const toPrompt: number[] = [];
+    const startRepl: number[] = [];
     for (let i = 0; i < starts; i++) {
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
       const began = performance.now();
       const { access } = await repls.startRepl({ replId });
       const running = performance.now();
       await firstByte(access?.endpointUrl ?? "", access?.token ?? "");
-      times.push(performance.now() - began);
-      startTimes.push(running - began);
+      toPrompt.push(performance.now() - began);
+      startRepl.push(running - began);
       await repls.stopRepl({ replId });
     }
-    times.sort((a, b) => a - b);
+    return { toPrompt: toPrompt.sort((a, b) => a - b), startRepl: startRepl.sort((a, b) => a - b) };
+  } finally {
+    await core.stop();
+    await core.cleanup();
+  }
+}
 
-    // Baseline: a runner started directly (dev mode prints a token), same first byte.
-    const baseline: number[] = [];
-    const scratch = await mkdtemp(join(tmpdir(), "devex-bench-runner-"));
+/** A runner process started directly (dev mode prints a token) until the same first byte. */
+async function runnerAlone(): Promise<number[]> {
+  const times: number[] = [];
+  const scratch = await mkdtemp(join(tmpdir(), "devex-bench-runner-"));
+  try {
     for (let i = 0; i < Math.min(starts, 10); i++) {
       const began = performance.now();
       const runner = await spawnService(
@@ -105,30 +123,40 @@ async function startToPrompt(): Promise<void> {
       const token = runner.output.map((line) => /user token:\s+(\S+)/.exec(line)?.[1]).find(Boolean);
       if (!token) throw new Error(`no dev token in the runner's output:\n${runner.output.join("\n")}`);
       await firstByte(runner.url, token);
-      baseline.push(performance.now() - began);
+      times.push(performance.now() - began);
       await runner.stop();
     }
+  } finally {
     await rm(scratch, { recursive: true, force: true });
-    baseline.sort((a, b) => a - b);
+  }
+  return times.sort((a, b) => a - b);
+}
+
+/**
+ * Start to prompt with the standby pool (default: one warmed runner; starts BENCH_START_PAUSE_MS
+ * apart, as people start repls, so the pool has refilled) and without it (every start spawns a
+ * runner), against a runner started directly.
+ */
+async function startToPrompt(): Promise<void> {
+  const baseline = await runnerAlone();
+  const cases = [
+    { target: "start-to-prompt", args: [], pauseMs: startPauseMs },
+    { target: "start-to-prompt-no-standby", args: ["--runner-standby-count", "0"], pauseMs: 0 },
+  ];
+  for (const { target, args, pauseMs } of cases) {
+    const { toPrompt, startRepl } = await measureStarts(args, pauseMs);
     console.log(
       JSON.stringify({
-        target: "start-to-prompt",
+        target,
         starts,
-        p50_ms: Math.round(percentile(times, 50)),
-        p99_ms: Math.round(percentile(times, 99)),
-        start_repl_p50_ms: Math.round(
-          percentile(
-            startTimes.sort((a, b) => a - b),
-            50,
-          ),
-        ),
+        pause_between_starts_ms: pauseMs,
+        p50_ms: Math.round(percentile(toPrompt, 50)),
+        p99_ms: Math.round(percentile(toPrompt, 99)),
+        start_repl_p50_ms: Math.round(percentile(startRepl, 50)),
         runner_alone_p50_ms: Math.round(percentile(baseline, 50)),
-        ratio_vs_runner_alone: Number((percentile(times, 50) / percentile(baseline, 50)).toFixed(2)),
+        ratio_vs_runner_alone: Number((percentile(toPrompt, 50) / percentile(baseline, 50)).toFixed(2)),
       }),
     );
-  } finally {
-    await core.stop();
-    await core.cleanup();
   }
 }
 
