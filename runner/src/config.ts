@@ -19,7 +19,7 @@ export const replIdPattern = /^repl_[0-9a-z]{26}$/;
 
 /** Every setting of the runner; `npm run runner -- --help` prints them. */
 export const runnerSettings = {
-  ...serverSettings("runner", 8081),
+  ...serverSettings("runner", 8082),
   workspace: setting({
     flag: "workspace",
     env: "DEVEX_RUNNER_WORKSPACE",
