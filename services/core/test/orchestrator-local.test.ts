@@ -162,8 +162,16 @@ describe("local orchestrator", () => {
     const { pid } = await recordOf(replId);
     const terminal = await userClient(ready, TerminalService);
     await terminal.createSession({
-      spec: { command: ["bash", "-c", "trap 'echo bye > hup.txt; exit 0' HUP; while :; do sleep 0.05; done"] },
+      spec: {
+        command: [
+          "bash",
+          "-c",
+          "trap 'echo bye > hup.txt; exit 0' HUP; echo > trapped.txt; while :; do sleep 0.05; done",
+        ],
+      },
     });
+    // Stop only once bash has installed its trap (a loaded machine can take a while to get there).
+    await until(() => existsSync(join(orchestrator.workspacePath(replId), "trapped.txt")), "the HUP trap to be set");
 
     const began = Date.now();
     await orchestrator.stop(replId, 5_000);
