@@ -2,14 +2,7 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
-import {
-  type Client,
-  type Code,
-  ConnectError,
-  createClient,
-  type Interceptor,
-  type Transport,
-} from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { createLogger, loadConfig, type Server, signRunnerToken, startServer } from "@devex/kit";
 import { type CryptoKey, exportSPKI, generateKeyPair } from "jose";
@@ -100,12 +93,4 @@ export async function startTestRunner(argv: string[] = []): Promise<TestRunner> 
   };
 }
 
-/** The Connect code a call fails with, or "ok". */
-export async function codeOf(call: () => Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call();
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
+export { codeOf } from "@devex/kit/testing";

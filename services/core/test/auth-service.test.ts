@@ -12,22 +12,13 @@ import {
 import { ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { TemplateService } from "@devex/gen/devex/core/v1/template_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
+import { codeOf } from "@devex/kit/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { requiredScope } from "../src/auth/scopes.js";
 import { createDevProvider } from "../src/identity/providers/dev.js";
 import { RetryInfoSchema } from "../src/identity/rate-limit.js";
 import { sha256Hex } from "../src/identity/secrets.js";
 import { capture, cookieFrom, type IdentityServer, startIdentityServer } from "./support/identity-harness.js";
-
-/** The Connect code of a failed call (or "ok"). */
-async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
 
 /** The error of a call that must fail. */
 async function errorOf(call: Promise<unknown>): Promise<ConnectError> {

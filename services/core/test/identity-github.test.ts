@@ -1,5 +1,6 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { AuthService, LoginProviderKind } from "@devex/gen/devex/core/v1/auth_pb.js";
+import { codeOf } from "@devex/kit/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createDevProvider } from "../src/identity/providers/dev.js";
 import { createGitHubProvider } from "../src/identity/providers/github.js";
@@ -68,15 +69,6 @@ async function complete(browser: TestBrowser, redirect: { code: string; state: s
     .completeLogin({ providerId: "github", ...redirect }, seen.options);
   browser.store(seen.headers());
   return { res, headers: seen.headers() };
-}
-
-async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
 }
 
 describe("GitHub login", () => {

@@ -1,7 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { AuthService, LoginProviderKind } from "@devex/gen/devex/core/v1/auth_pb.js";
+import { codeOf } from "@devex/kit/testing";
 import { exportJWK, generateKeyPair } from "jose";
 import { Provider } from "oidc-provider";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -119,15 +120,6 @@ async function login(browser: TestBrowser, as: string) {
     .completeLogin({ providerId: "corp", code, state: started.state }, done.options);
   browser.store(done.headers());
   return { res, started, code };
-}
-
-async function codeOf(call: Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call;
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
 }
 
 describe("OpenID Connect login against a real provider (oidc-provider)", () => {

@@ -2,14 +2,14 @@ import { createHash, randomBytes } from "node:crypto";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { Code, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { RunnerService } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
 import { createLogger, type Server } from "@devex/kit";
-import { bufCurl } from "@devex/kit/testing";
+import { bufCurl, codeOf } from "@devex/kit/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AttachClient, plainBash } from "../../../runner/test/attach-client.js";
 import { startTestRunner, type TestRunner } from "../../../runner/test/harness.js";
@@ -50,15 +50,6 @@ function viaProxy<S extends DescService>(
   token: string | undefined = userToken,
 ) {
   return createClient(service, transport(`${origin.url}/${runner.replId}`, protocol, token));
-}
-
-async function codeOf(call: () => Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call();
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
 }
 
 async function attachedClients(): Promise<number> {

@@ -14,15 +14,7 @@ import { createEmbeddedStore } from "../../src/state/embedded.js";
 import type { StateStore } from "../../src/state/store.js";
 import type { TemplateCatalog, TemplateRecord } from "../../src/templates/catalog.js";
 
-/** The code a call ends with, or "ok". */
-export async function codeOf(call: () => Promise<unknown>): Promise<Code | "ok"> {
-  try {
-    await call();
-    return "ok";
-  } catch (error) {
-    return ConnectError.from(error).code;
-  }
-}
+export { codeOf } from "@devex/kit/testing";
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
