@@ -7,6 +7,7 @@ import { ReplService, ReplState, ReplStopReason } from "@devex/gen/devex/core/v1
 import { TemplateService } from "@devex/gen/devex/core/v1/template_pb.js";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { SessionSpecSchema, TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { processExists } from "@devex/kit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AttachClient } from "../../../runner/test/attach-client.js";
 import { type CoreProcess, startCoreProcess } from "./support/core-process.js";
@@ -31,16 +32,6 @@ function runnerClients(endpointUrl: string, token: string) {
   };
   const transport = createGrpcTransport({ baseUrl: endpointUrl, interceptors: [auth] });
   return { terminal: createClient(TerminalService, transport), files: createClient(FilesystemService, transport) };
-}
-
-/** Whether a process is alive. */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe("the whole system, end to end", () => {
@@ -119,9 +110,9 @@ describe("the whole system, end to end", () => {
       ),
     );
     expect(pids.length).toBe(2);
-    expect(pids.every(alive)).toBe(true);
+    expect(pids.every(processExists)).toBe(true);
     expect(await core.stop("SIGINT")).toBe(0);
-    expect(pids.filter(alive)).toEqual([]);
+    expect(pids.filter(processExists)).toEqual([]);
   });
 });
 

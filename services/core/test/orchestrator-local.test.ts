@@ -8,7 +8,7 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
-import { createLogger, signRunnerToken } from "@devex/kit";
+import { createLogger, processExists, signRunnerToken } from "@devex/kit";
 import { repoRoot } from "@devex/kit/testing";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -50,15 +50,6 @@ function capturingLogger() {
   });
   const readyStandbys = () => records.filter((r) => r.msg === "standby").map((r) => Number(r.standbyPid));
   return { logger: pino({ level: "debug" }, stream), records, readyStandbys };
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function codeOf(call: () => Promise<unknown>): Promise<{ code: Code | "ok"; message: string }> {
@@ -139,7 +130,7 @@ describe("local orchestrator", () => {
 
     const record = await recordOf(replId);
     expect(record).toMatchObject({ replId, userId: "usr_test", port: Number(new URL(ready.endpoint).port) });
-    expect(isAlive(record.pid)).toBe(true);
+    expect(processExists(record.pid)).toBe(true);
     expect(await orchestrator.get(replId)).toMatchObject({ replId, phase: "ready" });
     expect((await orchestrator.list()).map((r) => r.replId)).toContain(replId);
     await orchestrator.stop(replId, 2_000);
@@ -176,7 +167,7 @@ describe("local orchestrator", () => {
     const began = Date.now();
     await orchestrator.stop(replId, 5_000);
     expect(Date.now() - began).toBeLessThan(4_000);
-    expect(isAlive(pid)).toBe(false);
+    expect(processExists(pid)).toBe(false);
     expect(await readFile(join(orchestrator.workspacePath(replId), "hup.txt"), "utf8")).toBe("bye\n");
     expect(existsSync(join(dataDir, "runners", `${replId}.json`))).toBe(false);
     expect(await orchestrator.get(replId)).toBeUndefined();
@@ -236,7 +227,7 @@ describe("local orchestrator", () => {
     expect(Date.now() - began).toBeLessThan(2_000);
     const { pid } = await recordOf(replId);
     await mute.stop(replId, 200);
-    expect(isAlive(pid)).toBe(false);
+    expect(processExists(pid)).toBe(false);
   });
 
   it("lets a restarted core adopt runners still running, and stop them", async () => {
@@ -265,7 +256,7 @@ describe("local orchestrator", () => {
     expect((await fs.stat({ path: "." })).entry?.path).toBe(".");
 
     await second.stop(replId, 2_000);
-    expect(isAlive(pid)).toBe(false);
+    expect(processExists(pid)).toBe(false);
     expect(await second.get(replId)).toBeUndefined();
   });
 
@@ -308,8 +299,8 @@ describe("local orchestrator", () => {
       expect(existsSync(join(runnersDir, `${id}.json`)), id).toBe(false);
       expect(await fresh.get(id)).toBeUndefined();
     }
-    expect(isAlive(sleeper.pid ?? 0)).toBe(true);
-    expect(isAlive(liveRecord.pid)).toBe(true);
+    expect(processExists(sleeper.pid ?? 0)).toBe(true);
+    expect(processExists(liveRecord.pid)).toBe(true);
     expect(await createRunnerCaller(tokenKeys).health(live.endpoint)).toBe(true);
     await orchestrator.stop(liveId, 2_000);
   });
@@ -336,7 +327,7 @@ describe("local orchestrator", () => {
     await Promise.all(ids.map((replId) => closing.start(spec(replId))));
     const pids = await Promise.all(ids.map(async (replId) => (await recordOf(replId)).pid));
     await closing.close({ stopRunners: true });
-    for (const pid of pids) expect(isAlive(pid)).toBe(false);
+    for (const pid of pids) expect(processExists(pid)).toBe(false);
     expect((await codeOf(() => closing.start(spec()))).code).toBe(Code.Unavailable);
   });
 });
@@ -378,7 +369,7 @@ describe("local orchestrator with standby runners", () => {
     expect(await readdir(join(dir, "runners"))).toEqual([`${replId}.json`]);
 
     await pooled.stop(replId, 2_000);
-    expect(isAlive(standbyPid)).toBe(false);
+    expect(processExists(standbyPid)).toBe(false);
     expect(await pooled.get(replId)).toBeUndefined();
     expect(await readdir(join(dir, "runners"))).toEqual([]);
   });
@@ -396,8 +387,8 @@ describe("local orchestrator with standby runners", () => {
 
     // Core goes away without stopping anything, and signals nothing.
     await first.close();
-    await until(() => !isAlive(spare), "the spare standby to exit as its stdin ended", 5_000);
-    expect(isAlive(pid)).toBe(true);
+    await until(() => !processExists(spare), "the spare standby to exit as its stdin ended", 5_000);
+    expect(processExists(pid)).toBe(true);
 
     const second = newOrchestrator({ dataDir: dir });
     expect((await second.list()).map((r) => r.replId)).toEqual([replId]);
@@ -405,14 +396,14 @@ describe("local orchestrator with standby runners", () => {
     const fs = await userClient(ready, FilesystemService);
     expect((await fs.stat({ path: "." })).entry?.path).toBe(".");
     await second.stop(replId, 2_000);
-    expect(isAlive(pid)).toBe(false);
+    expect(processExists(pid)).toBe(false);
   });
 
   it("stops its standbys on close({ stopRunners: true })", async () => {
     const { pooled, readyStandbys } = await pooledOrchestrator({ standbyRunners: 2 });
     await until(() => readyStandbys().length === 2, "two standbys to be ready", 20_000);
     await pooled.close({ stopRunners: true });
-    await until(() => readyStandbys().every((pid) => !isAlive(pid)), "the standbys to be gone", 2_000);
+    await until(() => readyStandbys().every((pid) => !processExists(pid)), "the standbys to be gone", 2_000);
   });
 
   it("replaces a standby that dies, backing off while they keep dying", async () => {

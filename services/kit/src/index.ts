@@ -3,6 +3,7 @@ export * from "./health.js";
 export * from "./logging.js";
 export * from "./main.js";
 export * from "./metrics.js";
+export * from "./processes.js";
 export * from "./reflection.js";
 export * from "./runner-token.js";
 export * from "./server.js";

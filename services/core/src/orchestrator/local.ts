@@ -5,6 +5,7 @@ import { isAbsolute, join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { processExists } from "@devex/kit";
 import type { Logger } from "pino";
 import type { Orchestrator, RunnerInstance, RunnerPhase, RunnerSpec } from "./orchestrator.js";
 import { createRunnerCaller, type RunnerCaller } from "./runner-client.js";
@@ -223,7 +224,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
         return undefined;
       }
       const log = logger.child({ replId, pid: record.pid, port: record.port });
-      if (!isAlive(record.pid)) {
+      if (!processExists(record.pid)) {
         log.info("dropping the record of a runner that is gone");
         await removeRecord(replId, record.pid);
         return undefined;
@@ -264,7 +265,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
         gone: new AbortController(),
       };
       runner.watcher = setInterval(() => {
-        if (!isAlive(runner.pid)) markGone(runner, "the runner process is gone");
+        if (!processExists(runner.pid)) markGone(runner, "the runner process is gone");
       }, adoptedPollMs).unref();
       runners.set(replId, runner);
       log.info("adopted a running runner");
@@ -502,7 +503,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   const waitGone = async (runner: Tracked, timeoutMs: number): Promise<boolean> => {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      if (!runner.child && !isAlive(runner.pid)) markGone(runner, "stopped");
+      if (!runner.child && !processExists(runner.pid)) markGone(runner, "stopped");
       if (runner.gone.signal.aborted) return true;
       if (Date.now() >= deadline) return false;
       await sleep(Math.min(25, Math.max(deadline - Date.now(), 1)));
@@ -616,7 +617,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     async get(replId) {
       checkReplId(replId);
       const runner = await find(replId);
-      if (runner && !runner.child && runner.phase !== "exited" && !isAlive(runner.pid)) {
+      if (runner && !runner.child && runner.phase !== "exited" && !processExists(runner.pid)) {
         markGone(runner, "the runner process is gone");
       }
       return runner ? instance(runner) : undefined;
@@ -692,16 +693,6 @@ function unavailable(runner: Tracked, reason: string): ConnectError {
     `${reason} (repl ${runner.replId}, pid ${runner.pid})${tail ? `; its last output:\n${tail}` : ""}`,
     Code.Unavailable,
   );
-}
-
-/** Whether a process with this pid exists and this user may signal it. */
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Signals the process group a runner leads (it was started detached); gone already is fine. */

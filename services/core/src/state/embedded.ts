@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import { type FileHandle, mkdir, open, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { processExists } from "@devex/kit";
 import type { CommitResult, Hit, IndexEntry, RangeOptions, StateStore, StoredValue, Transaction } from "./store.js";
 
 interface Entry extends StoredValue {
@@ -384,7 +385,7 @@ async function acquireLock(path: string): Promise<void> {
   if (await createLockFile(path)) return;
   const holder = await readFile(path, "utf8").catch(() => "");
   const pid = Number.parseInt(holder, 10);
-  if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) throw lockedError(path, holder);
+  if (Number.isInteger(pid) && pid > 0 && processExists(pid)) throw lockedError(path, holder);
   // Stale: its process is gone. Two processes taking over the same stale lock at once could
   // both win; the embedded store serves one machine and one operator, so that is not guarded.
   await unlink(path).catch((error: unknown) => {
@@ -413,16 +414,6 @@ function lockedError(path: string, holder: string): Error {
 async function releaseLock(path: string): Promise<void> {
   const holder = await readFile(path, "utf8").catch(() => "");
   if (holder === String(process.pid)) await unlink(path).catch(() => undefined);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists but belongs to someone else.
-    return isErrorCode(error, "EPERM");
-  }
 }
 
 async function writeDurably(path: string, text: string): Promise<void> {

@@ -1,9 +1,10 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import { createConnection, createServer } from "node:net";
+import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { freePort } from "@devex/kit/testing";
 
 const redisServerBinary = "/usr/bin/redis-server";
 
@@ -123,20 +124,6 @@ function answersPing(port: number): Promise<boolean> {
     socket.on("data", (data) => {
       reply += data.toString("latin1");
       if (reply.includes("\r\n")) done(reply.startsWith("+PONG"));
-    });
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (address && typeof address === "object") resolve(address.port);
-        else reject(new Error("no port"));
-      });
     });
   });
 }

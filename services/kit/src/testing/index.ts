@@ -1,2 +1,3 @@
 export * from "./codes.js";
+export * from "./ports.js";
 export * from "./spawn.js";
