@@ -23,6 +23,7 @@ import { createReplLifecycle } from "./repls/lifecycle.js";
 import { createReconciler } from "./repls/reconciler.js";
 import { createReplService } from "./repls/repl-service.js";
 import { createReplRepository } from "./repls/repository.js";
+import { createRunnerEndpoints } from "./routing/endpoints.js";
 import { createReplProxy, startReplOrigin } from "./routing/proxy.js";
 import { createEmbeddedStore, createRedisStore, type StateStore } from "./state/index.js";
 import { createDirectoryCatalog } from "./templates/directory-catalog.js";
@@ -117,13 +118,8 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     },
     fallback: (req, res) => createLoginRoutes(ready())(req, res),
   });
-  const proxy = createReplProxy({
-    logger,
-    async resolve(replId) {
-      const current = await repository.get(replId);
-      return current?.record.state === "running" ? current.record.runnerEndpoint : undefined;
-    },
-  });
+  const endpoints = createRunnerEndpoints(repository);
+  const proxy = createReplProxy({ logger, resolve: endpoints.resolve });
   const replOrigin = await startReplOrigin({
     port: config.replPort,
     host: config.host,
@@ -189,6 +185,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
         await Promise.all([idle.stop(), reconciler.stop()]);
         await Promise.all([api.close(), replOrigin.close()]);
         await proxy.close();
+        await endpoints.close();
         await lifecycle.stopAll?.("system");
         await orchestrator.close({ stopRunners: true });
         await runners.close();
