@@ -39,7 +39,12 @@ process.once("exit", () => {
   for (const child of running) child.kill("SIGKILL");
 });
 
-/** Starts Swift with s3api and resolves once its proxy answers `/healthcheck`. */
+/**
+ * Starts Swift with s3api and resolves once the whole cluster serves: the proxy answers
+ * `/healthcheck` and a container and an object can be written and removed through it (the
+ * proxy comes up before the account, container and object servers do, and answers 503
+ * until they have).
+ */
 export async function startSwiftServer(): Promise<SwiftServer> {
   const dir = await mkdtemp(join(tmpdir(), "devex-swift-"));
   const devices = join(dir, "srv");
@@ -152,6 +157,7 @@ export async function startSwiftServer(): Promise<SwiftServer> {
   for (const name of servers) launch(name, `swift-${name}-server`, [join(dir, `${name}-server.conf`)]);
   try {
     await startProxy();
+    await waitForStorage(`http://127.0.0.1:${proxyPort}`, output);
   } catch (error) {
     await Promise.all([...children.keys()].map(stopChild));
     await rm(dir, { recursive: true, force: true });
@@ -190,4 +196,40 @@ async function waitForHealth(url: string, output: string[]): Promise<void> {
     await sleep(50);
   }
   throw new Error(`Swift did not start:\n${output.join("\n")}`);
+}
+
+/** Writes and removes a probe container and object through the Swift API until that works. */
+async function waitForStorage(endpoint: string, output: string[]): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  let last = "";
+  while (Date.now() < deadline) {
+    try {
+      const auth = await fetch(`${endpoint}/auth/v1.0`, {
+        headers: { "x-storage-user": "test:tester", "x-storage-pass": "testing" },
+        signal: AbortSignal.timeout(2_000),
+      });
+      const token = auth.headers.get("x-auth-token");
+      const storage = auth.headers.get("x-storage-url");
+      if (!auth.ok || !token || !storage) throw new Error(`auth answered ${auth.status}`);
+      const call = async (method: string, path: string) => {
+        const res = await fetch(`${storage}/${path}`, {
+          method,
+          headers: { "x-auth-token": token },
+          body: method === "PUT" && path.includes("/") ? "probe" : undefined,
+          signal: AbortSignal.timeout(2_000),
+        });
+        await res.arrayBuffer();
+        if (!res.ok) throw new Error(`${method} ${path} answered ${res.status}`);
+      };
+      await call("PUT", "devex-probe");
+      await call("PUT", "devex-probe/object");
+      await call("DELETE", "devex-probe/object");
+      await call("DELETE", "devex-probe");
+      return;
+    } catch (error) {
+      last = error instanceof Error ? error.message : String(error);
+    }
+    await sleep(100);
+  }
+  throw new Error(`Swift's storage servers did not come up (${last}):\n${output.join("\n")}`);
 }
