@@ -11,6 +11,7 @@ const root = join(import.meta.dirname, "..");
 const entries = [
   { in: "runner/src/main.ts", out: "runner/dist/main.js" },
   { in: "services/core/src/main.ts", out: "services/core/dist/main.js" },
+  { in: "services/core/src/sync-templates.ts", out: "services/core/dist/sync-templates.js" },
 ];
 
 for (const entry of entries) {

@@ -22,6 +22,8 @@ import { createFilesystemService } from "./filesystem/service.js";
 import { createProcessService } from "./process/service.js";
 import { createTerminalService } from "./terminal/service.js";
 import { runnerVersion } from "./version.js";
+import { createWorkspaceArchives } from "./workspace-archive.js";
+import { recoverInterruptedImport } from "./workspace-swap.js";
 
 /** A runner assembled from its configuration, ready to be served. */
 export interface Runner {
@@ -49,6 +51,7 @@ export async function createRunner(
   logger: Logger,
   onDevCredentials?: (credentials: DevCredentials) => void,
 ): Promise<Runner> {
+  await recoverInterruptedImport(config.workspace, logger);
   await mkdir(config.workspace, { recursive: true });
   const workspace = await realpath(config.workspace);
   const { publicKey, replId } = await resolveIdentity(config, onDevCredentials);
@@ -64,6 +67,11 @@ export async function createRunner(
   const terminal = createTerminalService(context);
   const filesystem = createFilesystemService(context);
   const processes = createProcessService(context);
+  const archives = createWorkspaceArchives({
+    ctx: context,
+    running: () => ({ sessions: terminal.running(), processes: processes.running() }),
+    onReplaced: () => filesystem.workspaceReplaced(),
+  });
   const startedAt = new Date();
   let state = RunnerState.SERVING;
   let drained: Promise<{ sessions: number; processes: number; killed: number }> | undefined;
@@ -103,6 +111,7 @@ export async function createRunner(
           workspacePath: workspace,
         });
       },
+      ...archives,
       async shutdown(req) {
         const result = await drain(req.gracePeriodMs || 10_000, req.reason || "requested");
         return create(ShutdownResponseSchema, {

@@ -96,6 +96,19 @@ export async function chmodDirectory(path: string, mode: number): Promise<void> 
   }
 }
 
+/** Opens the workspace root for good, checking that entries can be reached through /proc/self/fd. */
+function openRoot(workspace: string): Directory {
+  const fd = openSync(workspace, directoryFlags);
+  const root = Directory.shared(fd);
+  try {
+    closeSync(openSync(root.entry("."), directoryFlags));
+  } catch (error) {
+    closeSync(fd);
+    throw new Error("the filesystem service needs /proc/self/fd (Linux)", { cause: error });
+  }
+  return root;
+}
+
 /** Where a request path led: the directory holding the entry, and the entry's name in it. */
 export interface Located {
   /** The parent directory, held open; release it with {@link Located.close}. */
@@ -148,7 +161,7 @@ export interface ResolveOptions {
  * Mount points inside the workspace are taken as part of it, as they appear there.
  */
 export class Resolver {
-  private readonly root: Directory;
+  private root: Directory;
 
   /**
    * Opens the workspace root (a real absolute path); fails where /proc/self/fd is missing
@@ -156,14 +169,17 @@ export class Resolver {
    * closes may use it, and a closed descriptor number can be reused for another file.
    */
   constructor(readonly workspace: string) {
-    const fd = openSync(workspace, directoryFlags);
-    this.root = Directory.shared(fd);
-    try {
-      closeSync(openSync(this.root.entry("."), directoryFlags));
-    } catch (error) {
-      closeSync(fd);
-      throw new Error("the filesystem service needs /proc/self/fd (Linux)", { cause: error });
-    }
+    this.root = openRoot(workspace);
+  }
+
+  /**
+   * Opens the workspace root again, once another directory has taken its place (an import
+   * swaps a new tree in): from then on paths resolve in the new tree. A call still running
+   * keeps the old tree's descriptor, which stays open (one descriptor per swap) for the same
+   * reason as in the constructor; such a call fails as having left the workspace.
+   */
+  reopen(): void {
+    this.root = openRoot(this.workspace);
   }
 
   /** Resolves a request path; see the class comment for the rules. */
@@ -191,7 +207,9 @@ export class Resolver {
 
   private async walk(parts: string[], display: string, options: ResolveOptions): Promise<Located> {
     const queue = parts.slice();
-    let dir = this.root;
+    // One root for the whole walk, even if the workspace is replaced meanwhile.
+    const root = this.root;
+    let dir = root;
     let depth = 0;
     let hops = 0;
     let name: string | undefined;
@@ -258,7 +276,7 @@ export class Resolver {
               throw pathError(Code.PermissionDenied, display, "leads outside the workspace through a symlink");
             }
             await dir.close();
-            dir = this.root;
+            dir = root;
             depth = 0;
             queue.unshift(...inside.split("/"));
           } else {
@@ -299,8 +317,8 @@ export class Resolver {
       if (name === undefined) {
         // The path names a directory itself ("." or "a/.."): describe it from its parent.
         if (depth === 0) {
-          const rootStats = await lstat(this.root.entry("."), { bigint: true });
-          return this.located(this.root, ".", ".", display, rootStats, true, false);
+          const rootStats = await lstat(root.entry("."), { bigint: true });
+          return this.located(root, ".", ".", display, rootStats, true, false);
         }
         name = basename(await dir.realPath());
         const parent = await Directory.open(dir.entry(".."));

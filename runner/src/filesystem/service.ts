@@ -27,6 +27,11 @@ import { startWatch, type Watch } from "./watch.js";
 /** The filesystem of one workspace, confined to it. */
 export interface FilesystemPart {
   impl: Partial<ServiceImpl<typeof FilesystemService>>;
+  /**
+   * Takes a new directory at the workspace path (an import swapped it in): paths resolve in
+   * it from now on, and watches, which watch the old tree, end with ABORTED.
+   */
+  workspaceReplaced(): void;
   /** Ends every watch. */
   close(): Promise<void>;
 }
@@ -252,12 +257,19 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
     download: (req) => download(resolver, req),
   };
 
+  const endWatches = (error: ConnectError) => {
+    for (const watch of watches) watch.close(error);
+    watches.clear();
+  };
+
   return {
     impl,
+    workspaceReplaced() {
+      resolver.reopen();
+      endWatches(new ConnectError("the workspace was replaced: watch it again", Code.Aborted));
+    },
     async close() {
-      const error = new ConnectError("the runner is shutting down", Code.Unavailable);
-      for (const watch of watches) watch.close(error);
-      watches.clear();
+      endWatches(new ConnectError("the runner is shutting down", Code.Unavailable));
     },
   };
 }

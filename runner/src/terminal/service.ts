@@ -30,6 +30,8 @@ export interface TerminalPart {
   impl: ServiceImpl<typeof TerminalService>;
   /** Sessions that exist right now (running or exited but retained). */
   count(): number;
+  /** Sessions whose program is still running. */
+  running(): number;
   /** Ends every session: SIGHUP, then SIGKILL after the grace period. */
   shutdown(graceMs: number): Promise<{ closed: number; killed: number }>;
 }
@@ -238,6 +240,7 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
   return {
     impl,
     count: () => table.size,
+    running: () => table.running(),
     shutdown: (graceMs) => table.shutdown(graceMs),
   };
 }

@@ -47,6 +47,11 @@ export class SessionTable {
     return this.entries.size;
   }
 
+  /** Sessions whose program is still running. */
+  running(): number {
+    return this.list().filter((e) => !e.session.exit).length;
+  }
+
   /** The session with this id; NOT_FOUND otherwise. */
   get(id: string): TerminalSession {
     const entry = this.entries.get(id);
@@ -77,7 +82,7 @@ export class SessionTable {
     // before the session is added.
     assertAcceptingWork(this.ctx);
     if (this.entries.has(id)) throw new ConnectError(`terminal session "${id}" already exists`, Code.AlreadyExists);
-    const running = this.list().filter((e) => !e.session.exit).length;
+    const running = this.running();
     if (running >= config.maxSessions) {
       throw new ConnectError(`the runner already has ${running} sessions (the limit)`, Code.ResourceExhausted);
     }

@@ -18,6 +18,7 @@ import { createLocalOrchestrator } from "./orchestrator/local.js";
 import { createRunnerCaller } from "./orchestrator/runner-client.js";
 import { loadTokenKeys } from "./orchestrator/token-keys.js";
 import { createAdminService } from "./repls/admin-service.js";
+import { snapshotReasonOfStop } from "./repls/convert.js";
 import { createIdleMonitor } from "./repls/idle.js";
 import { createReplLifecycle } from "./repls/lifecycle.js";
 import { createReconciler } from "./repls/reconciler.js";
@@ -25,9 +26,11 @@ import { createReplService } from "./repls/repl-service.js";
 import { createReplRepository } from "./repls/repository.js";
 import { createRunnerEndpoints } from "./routing/endpoints.js";
 import { createReplProxy, startReplOrigin } from "./routing/proxy.js";
+import { createSnapshots } from "./snapshots/snapshots.js";
 import { createEmbeddedStore, createRedisStore, type StateStore } from "./state/index.js";
-import { createDirectoryCatalog } from "./templates/directory-catalog.js";
+import { createStoreCatalog, syncTemplates } from "./templates/store-catalog.js";
 import { createTemplateService } from "./templates/template-service.js";
+import { openWorkspaceStore } from "./workspaces/from-config.js";
 
 /** A running core: its API server, its repl origin, and how to stop both. */
 export interface Core {
@@ -51,7 +54,6 @@ export interface Core {
 export async function startCore(config: CoreConfig, logger: Logger): Promise<Core> {
   const dataDir = resolve(config.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const catalog = await createDirectoryCatalog(resolve(config.templatesDir));
   const providers = loginProvidersFromConfig(config);
   const tokenKeys = await loadTokenKeys(dataDir);
   const store: StateStore =
@@ -59,6 +61,10 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
       ? await createRedisStore({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, logger })
       : await createEmbeddedStore({ dataDir });
   logger.info({ driver: store.driver }, "state store open");
+  const objects = await openWorkspaceStore(config, dataDir);
+  logger.info({ driver: objects.driver }, "workspace store open");
+  if (config.syncTemplates) await syncTemplates(resolve(config.templatesDir), objects, logger);
+  const catalog = createStoreCatalog(objects, { logger });
 
   const orchestrator = createLocalOrchestrator({
     dataDir,
@@ -69,11 +75,39 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
   });
   const runners = createRunnerCaller(tokenKeys);
   const repository = createReplRepository({ store });
+  const snapshots = createSnapshots({
+    objects,
+    state: store,
+    runners,
+    retention: config.snapshotRetention,
+    logger,
+  });
+  const stopGraceMs = 10_000;
   const lifecycle = createReplLifecycle({
     orchestrator,
     repository,
     startTimeoutMs: config.startTimeoutMs,
+    stopGraceMs,
     logger,
+    async saveWorkspace(repl, reason) {
+      const endpoint = repl.runnerEndpoint ?? (await orchestrator.get(repl.id))?.endpoint;
+      // No runner: nothing can have changed since the current snapshot.
+      if (!endpoint) return undefined;
+      const saved = await snapshots.save(
+        repl.id,
+        { replId: repl.id, endpoint },
+        {
+          reason: snapshotReasonOfStop(reason),
+          final: { graceMs: stopGraceMs },
+          currentSnapshotId: repl.currentSnapshotId,
+        },
+      );
+      return saved.id;
+    },
+    async restoreWorkspace(repl, runner, signal) {
+      if (repl.currentSnapshotId) await snapshots.restoreInto(repl.id, repl.currentSnapshotId, runner, signal);
+    },
+    removeData: (replId) => snapshots.deleteAll(replId),
   });
 
   // The servers listen first, so that port-0 URLs are known to what is built below.
@@ -144,14 +178,14 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     auth: createAuthService(identity),
     repl: createReplService({
       lifecycle,
-      orchestrator,
+      snapshots,
       templates: catalog,
       tokenKeys,
       replPublicUrl,
       config,
       logger,
     }),
-    admin: createAdminService({ lifecycle, store, orchestrator, config, logger }),
+    admin: createAdminService({ lifecycle, store, orchestrator, snapshots, config, logger }),
   };
 
   const reconciler = createReconciler({
@@ -190,6 +224,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
         await orchestrator.close({ stopRunners: true });
         await runners.close();
         await store.close();
+        await objects.close();
       })();
       return closing;
     },

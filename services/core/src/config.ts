@@ -76,7 +76,85 @@ export const coreSettings = {
     flag: "templates-dir",
     env: "DEVEX_TEMPLATES_DIR",
     schema: withDefault(textSchema, "templates"),
-    description: "The folder of repl templates (one folder each, with template.json). Default templates.",
+    description:
+      "The folder of repl templates (one folder each, with template.json and files/) that --sync-templates and `npm run templates:sync` copy into the workspace store. Default templates.",
+  }),
+  syncTemplates: setting({
+    flag: "sync-templates",
+    env: "DEVEX_SYNC_TEMPLATES",
+    schema: withDefault(booleanSchema, true),
+    description:
+      "Sync --templates-dir into the workspace store when core starts (as `npm run templates:sync` does): true or false; false when templates are synced separately. Default true.",
+  }),
+  workspaceStore: setting({
+    flag: "workspace-store",
+    env: "DEVEX_WORKSPACE_STORE",
+    schema: withDefault(oneOfSchema(["filesystem", "s3"]), "filesystem"),
+    description:
+      "Where snapshots and templates are stored: filesystem (a folder, --objects-dir) or s3 (AWS S3, R2, MinIO, Swift s3api). Default filesystem.",
+  }),
+  objectsDir: setting({
+    flag: "objects-dir",
+    env: "DEVEX_OBJECTS_DIR",
+    schema: optional(textSchema),
+    description: "The folder of the filesystem workspace store. Default <data dir>/objects.",
+  }),
+  s3Endpoint: setting({
+    flag: "s3-endpoint",
+    env: "DEVEX_S3_ENDPOINT",
+    schema: optional(textSchema),
+    description: "S3 endpoint URL (MinIO, R2, Swift s3api). Default: AWS for --s3-region.",
+  }),
+  s3Region: setting({
+    flag: "s3-region",
+    env: "DEVEX_S3_REGION",
+    schema: withDefault(textSchema, "us-east-1"),
+    description: "S3 region. Default us-east-1.",
+  }),
+  s3Bucket: setting({
+    flag: "s3-bucket",
+    env: "DEVEX_S3_BUCKET",
+    schema: withDefault(textSchema, "devex"),
+    description: "S3 bucket holding snapshots and templates. Default devex.",
+  }),
+  s3AccessKeyId: setting({
+    flag: "s3-access-key-id",
+    env: "DEVEX_S3_ACCESS_KEY_ID",
+    schema: optional(textSchema),
+    description: "S3 access key id; with --workspace-store=s3 it is required.",
+  }),
+  s3SecretAccessKey: setting({
+    flag: "s3-secret-access-key",
+    env: "DEVEX_S3_SECRET_ACCESS_KEY",
+    schema: optional(textSchema),
+    description: "S3 secret access key (prefer the environment variable); with --workspace-store=s3 it is required.",
+  }),
+  s3ForcePathStyle: setting({
+    flag: "s3-force-path-style",
+    boolean: true,
+    env: "DEVEX_S3_FORCE_PATH_STYLE",
+    schema: withDefault(booleanSchema, false),
+    description: "Address the bucket in the path (MinIO, Swift s3api) rather than the host name. Default false.",
+  }),
+  s3CreateBucket: setting({
+    flag: "s3-create-bucket",
+    boolean: true,
+    env: "DEVEX_S3_CREATE_BUCKET",
+    schema: withDefault(booleanSchema, false),
+    description: "Create the bucket at start when it does not exist. Default false.",
+  }),
+  s3RequestTimeoutMs: setting({
+    flag: "s3-request-timeout-ms",
+    env: "DEVEX_S3_REQUEST_TIMEOUT_MS",
+    schema: withDefault(durationMsSchema(100, 600_000), 30_000),
+    description:
+      "How long an S3 request may wait for an answer (and a transfer may stall) before it fails as unavailable, in ms. Default 30000.",
+  }),
+  snapshotRetention: setting({
+    flag: "snapshot-retention",
+    env: "DEVEX_SNAPSHOT_RETENTION",
+    schema: withDefault(integerSchema(1, 1000), 10),
+    description: "How many snapshots of each repl are kept (the current one always is). Default 10.",
   }),
   devLogin: setting({
     flag: "dev-login",

@@ -45,7 +45,13 @@ describe("CreateRepl", () => {
       idleTimeoutMs: harnessIdleTimeoutMs,
       labels: { team: "web" },
     });
-    expect(h.orchestrator.workspaces.has(repl?.id ?? "")).toBe(true);
+    // Its first snapshot is a copy of the template's archive, and current.
+    const snapshots = await h.snapshots.list(repl?.id ?? "");
+    expect(snapshots).toHaveLength(1);
+    expect(snapshots[0]).toMatchObject({ reason: "template-seed", id: repl?.currentSnapshotId });
+    const template = await h.catalog.get("node");
+    expect(snapshots[0]?.sha256).toBe(template?.archive.sha256);
+    expect(await h.objects.stat(snapshots[0]?.archiveKey ?? "")).toMatchObject({ bytes: template?.archive.bytes });
   });
 
   it("refuses an unknown template with NotFound naming it, and a prefix is no match", async () => {
@@ -72,8 +78,8 @@ describe("CreateRepl", () => {
     );
     expect(codes.filter((code) => code === "ok")).toHaveLength(1);
     expect(codes.filter((code) => code === Code.AlreadyExists)).toHaveLength(7);
-    // The losers' seeded workspaces were removed again.
-    expect(h.orchestrator.workspaces.size).toBe(1);
+    // The losers' seeded snapshots were removed again: one archive and one manifest are left.
+    expect((await h.objects.list("repls/")).keys).toHaveLength(2);
   });
 
   it("enforces the per-user quota with ResourceExhausted, also under concurrent creates", async () => {
@@ -92,7 +98,7 @@ describe("CreateRepl", () => {
   });
 
   it("leaves no record behind when seeding fails", async () => {
-    h.catalog.failSeed = true;
+    h.snapshots.failSeed = true;
     expect(await codeOf(() => h.repls(alice).createRepl({ name: "seedless", templateName: "node" }))).toBe(
       Code.Internal,
     );
@@ -100,7 +106,8 @@ describe("CreateRepl", () => {
       Code.NotFound,
     );
     expect((await h.repls(alice).listRepls({})).repls).toHaveLength(0);
-    h.catalog.failSeed = false;
+    expect((await h.objects.list("repls/")).keys).toEqual([]);
+    h.snapshots.failSeed = false;
     expect(await codeOf(() => h.repls(alice).createRepl({ name: "seedless", templateName: "node" }))).toBe("ok");
   });
 
@@ -306,14 +313,6 @@ describe("StartRepl, StopRepl, GetReplAccess", () => {
     expect((await client.stopRepl({ replId: id })).repl?.state).toBe(ReplState.STOPPED);
     expect(h.orchestrator.runners.has(id)).toBe(false);
   });
-
-  it("answers snapshot calls with Unimplemented, after the ownership check", async () => {
-    const client = h.repls(alice);
-    const id = (await client.createRepl({ name: "snap", templateName: "node" })).repl?.id ?? "";
-    expect(await codeOf(() => client.listSnapshots({ replId: id }))).toBe(Code.Unimplemented);
-    expect(await codeOf(() => client.createSnapshot({ replId: id }))).toBe(Code.Unimplemented);
-    expect(await codeOf(() => h.repls(bob).listSnapshots({ replId: id }))).toBe(Code.NotFound);
-  });
 });
 
 describe("DeleteRepl", () => {
@@ -324,6 +323,8 @@ describe("DeleteRepl", () => {
     await client.deleteRepl({ replId: id });
     expect(h.orchestrator.runners.has(id)).toBe(false);
     expect(h.orchestrator.workspaces.has(id)).toBe(false);
+    expect((await h.objects.list(`repls/${id}/`)).keys).toEqual([]);
+    expect(await h.store.get(`repl-snapshots:${id}`)).toBeUndefined();
     expect(h.save.calls).toHaveLength(0);
     expect(h.orchestrator.violations).toEqual([]);
     for (const key of [`repl:${id}`, `repl-name:${alice.id}:gone`, `repl-activity:${id}`]) {

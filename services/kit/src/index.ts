@@ -1,3 +1,4 @@
+export * from "./archive.js";
 export * from "./config.js";
 export * from "./health.js";
 export * from "./logging.js";

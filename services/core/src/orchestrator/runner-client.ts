@@ -2,9 +2,15 @@ import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { RunnerService, ShutdownRequestSchema } from "@devex/gen/devex/runner/v1/runner_pb.js";
+import {
+  ArchiveCompression,
+  type ImportWorkspaceRequest,
+  ImportWorkspaceRequestSchema,
+  RunnerService,
+  ShutdownRequestSchema,
+} from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
-import { signRunnerToken } from "@devex/kit";
+import { type ArchiveTotals, signRunnerToken } from "@devex/kit";
 import type { RunnerInstance } from "./orchestrator.js";
 import type { TokenKeys } from "./token-keys.js";
 
@@ -35,6 +41,35 @@ export interface RunnerShutdownOptions {
   signal?: AbortSignal;
 }
 
+/** Options for {@link RunnerCaller.exportWorkspace}. */
+export interface RunnerExportOptions {
+  /** A gitignore-syntax file in the workspace whose patterns leave paths out (e.g. ".devexignore"). */
+  ignoreFile?: string;
+  signal?: AbortSignal;
+}
+
+/** The totals a runner reports at the end of an export (ExportTrailer), or of an import. */
+export type ArchiveReport = ArchiveTotals;
+
+/** A workspace export in progress: read `chunks` to the end, then `report` holds the runner's totals. */
+export interface RunnerExport {
+  /** The zstd-compressed tar archive, in order. Throws if the stream ends without its trailer. */
+  chunks: AsyncIterable<Uint8Array>;
+  /** Resolves once `chunks` has been read to the end with the trailer; rejects if the export failed. */
+  report: Promise<ArchiveReport>;
+  /** When the runner started the export, in ms since the epoch (known once the first chunk is read). */
+  startedAtMs(): number;
+}
+
+/** What {@link RunnerCaller.importWorkspace} checks the archive against. */
+export interface RunnerImportOptions {
+  /** The SHA-256 the archive must hash to (lowercase hex); the runner refuses anything else with DATA_LOSS. */
+  sha256: string;
+  /** The archive's size in bytes. */
+  archiveBytes: number;
+  signal?: AbortSignal;
+}
+
 /** Core's calls to runners (RunnerService and health), authenticated with core-role tokens. */
 export interface RunnerCaller {
   /**
@@ -46,6 +81,20 @@ export interface RunnerCaller {
   health(endpoint: string, signal?: AbortSignal): Promise<boolean>;
   /** Drains the runner (RunnerService.Shutdown); resolves when its sessions and processes have ended. */
   shutdown(target: RunnerTarget, options?: RunnerShutdownOptions): Promise<void>;
+  /**
+   * Streams the workspace out of the runner as a zstd tar archive (RunnerService.ExportWorkspace).
+   * Nothing is buffered beyond what the reader has not consumed yet.
+   */
+  exportWorkspace(target: RunnerTarget, options?: RunnerExportOptions): RunnerExport;
+  /**
+   * Replaces the workspace with a zstd tar archive (RunnerService.ImportWorkspace); the runner
+   * swaps it in only once every byte matches `sha256`.
+   */
+  importWorkspace(
+    target: RunnerTarget,
+    archive: AsyncIterable<Uint8Array>,
+    options: RunnerImportOptions,
+  ): Promise<ArchiveReport>;
   /** Drops the connection and cached token of a runner that is gone. */
   forget(target: RunnerTarget): void;
   /** Closes every connection. */
@@ -59,6 +108,9 @@ export interface RunnerCallerOptions {
   /** The lifetime of the core-role tokens minted for the calls, in ms. Default 300000 (5 minutes). */
   tokenTtlMs?: number;
 }
+
+/** The largest chunk sent to ImportWorkspace (the runner's limit is 4 MiB). */
+const importChunkBytes = 1024 * 1024;
 
 /** Core's own identity in the tokens it mints for itself. */
 const coreUserId = "core";
@@ -142,6 +194,87 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
         reason: shutdownOptions.reason ?? "stopped by core",
       });
       await client.shutdown(request, { signal: shutdownOptions.signal, timeoutMs: graceMs + callTimeoutMs });
+    },
+    exportWorkspace(target, exportOptions = {}) {
+      const client = createClient(RunnerService, transportFor(target.endpoint, target.replId));
+      let startedAtMs = 0;
+      let settle!: { resolve(report: ArchiveReport): void; reject(error: unknown): void };
+      const report = new Promise<ArchiveReport>((resolve, reject) => {
+        settle = { resolve, reject };
+      });
+      report.catch(() => {});
+      async function* chunks(): AsyncGenerator<Uint8Array> {
+        try {
+          const stream = client.exportWorkspace(
+            { compression: ArchiveCompression.ZSTD, ignoreFile: exportOptions.ignoreFile ?? "" },
+            { signal: exportOptions.signal },
+          );
+          for await (const message of stream) {
+            const { kind } = message;
+            if (kind.case === "header") {
+              startedAtMs = kind.value.startedAt ? timestampMs(kind.value.startedAt) : Date.now();
+              if (kind.value.compression !== ArchiveCompression.ZSTD) {
+                throw new ConnectError("the runner exported an archive that is not zstd", Code.Internal);
+              }
+            } else if (kind.case === "chunk") {
+              yield kind.value;
+            } else if (kind.case === "trailer") {
+              const trailer = kind.value;
+              settle.resolve({
+                fileCount: Number(trailer.fileCount),
+                directoryCount: Number(trailer.directoryCount),
+                symlinkCount: Number(trailer.symlinkCount),
+                contentBytes: Number(trailer.contentSizeBytes),
+                archiveBytes: Number(trailer.archiveSizeBytes),
+                sha256: trailer.sha256,
+              });
+              return;
+            }
+          }
+          throw new ConnectError(
+            "the runner's export ended without its trailer: the archive is incomplete",
+            Code.DataLoss,
+          );
+        } catch (error) {
+          settle.reject(error);
+          throw error;
+        } finally {
+          settle.reject(new ConnectError("the export was not read to the end", Code.Aborted));
+        }
+      }
+      return { chunks: chunks(), report, startedAtMs: () => startedAtMs };
+    },
+    async importWorkspace(target, archive, importOptions) {
+      const client = createClient(RunnerService, transportFor(target.endpoint, target.replId));
+      async function* requests(): AsyncGenerator<ImportWorkspaceRequest> {
+        yield create(ImportWorkspaceRequestSchema, {
+          kind: {
+            case: "header",
+            value: {
+              compression: ArchiveCompression.ZSTD,
+              sha256: importOptions.sha256,
+              archiveSizeBytes: BigInt(importOptions.archiveBytes),
+            },
+          },
+        });
+        for await (const chunk of archive) {
+          // The runner takes chunks of at most 4 MiB.
+          for (let at = 0; at < chunk.byteLength; at += importChunkBytes) {
+            yield create(ImportWorkspaceRequestSchema, {
+              kind: { case: "chunk", value: chunk.subarray(at, at + importChunkBytes) },
+            });
+          }
+        }
+      }
+      const res = await client.importWorkspace(requests(), { signal: importOptions.signal });
+      return {
+        fileCount: Number(res.fileCount),
+        directoryCount: Number(res.directoryCount),
+        symlinkCount: Number(res.symlinkCount),
+        contentBytes: Number(res.contentSizeBytes),
+        archiveBytes: Number(res.archiveSizeBytes),
+        sha256: importOptions.sha256,
+      };
     },
     forget(target) {
       sessions.get(target.endpoint)?.abort();

@@ -9,15 +9,9 @@ import { createUserRepository, type UserRepository, userIdOfMember, userKey, use
 import type { ReplStateName } from "../model.js";
 import type { Orchestrator } from "../orchestrator/orchestrator.js";
 import { decodePageToken, encodePageToken, pageSizeOf } from "../paging.js";
+import type { Snapshots } from "../snapshots/snapshots.js";
 import type { StateStore } from "../state/store.js";
-import {
-  replStateFromProto,
-  replStateNames,
-  replStateToProto,
-  requireAdmin,
-  toRepl,
-  toStopSnapshot,
-} from "./convert.js";
+import { replStateFromProto, replStateNames, replStateToProto, requireAdmin, toRepl, toSnapshot } from "./convert.js";
 import type { ReplLifecycle } from "./lifecycle.js";
 import { allReplsIndex, replUsageKey, type StoredRepl, userReplsIndex } from "./repository.js";
 import { runnerStates } from "./state-machine.js";
@@ -28,6 +22,8 @@ export interface AdminServiceOptions {
   store: StateStore;
   /** Where runners run: counted for usage. */
   orchestrator: Pick<Orchestrator, "list">;
+  /** Snapshot history: a force stop's snapshot, and snapshot counts and sizes for usage. */
+  snapshots: Pick<Snapshots, "get" | "list">;
   config: Pick<CoreConfig, "idleTimeoutMs">;
   /** The users (identity component). Default: over `store`. */
   users?: UserRepository;
@@ -45,7 +41,7 @@ const maxUsers = 1_000_000;
  * again.
  */
 export function createAdminService(options: AdminServiceOptions): ServiceImpl<typeof AdminService> {
-  const { lifecycle, store, orchestrator, config, logger } = options;
+  const { lifecycle, store, orchestrator, snapshots, config, logger } = options;
   const { repository } = lifecycle;
   const now = options.now ?? Date.now;
   const users = options.users ?? createUserRepository(store);
@@ -82,9 +78,11 @@ export function createAdminService(options: AdminServiceOptions): ServiceImpl<ty
       const outcome = await lifecycle.stop(req.replId, { reason: "admin", skipSave: req.skipSave, signal: ctx.signal });
       return {
         repl: toRepl(outcome.repl, config.idleTimeoutMs),
-        ...(outcome.snapshotId === undefined
-          ? {}
-          : { snapshot: toStopSnapshot(req.replId, outcome.snapshotId, "admin", now()) }),
+        ...(await (async () => {
+          if (outcome.snapshotId === undefined) return {};
+          const saved = await snapshots.get(req.replId, outcome.snapshotId);
+          return saved ? { snapshot: toSnapshot(saved, outcome.snapshotId) } : {};
+        })()),
       };
     },
 
@@ -94,8 +92,14 @@ export function createAdminService(options: AdminServiceOptions): ServiceImpl<ty
       const byState = new Map<ReplStateName, number>(replStateNames.map((state) => [state, 0]));
       const perUser = new Map<string, { repls: number; running: number; runnerTimeMs: number }>();
       let replCount = 0;
+      let snapshotCount = 0;
+      let storageBytes = 0;
       for await (const { record } of repository.all()) {
         replCount++;
+        for (const snapshot of await snapshots.list(record.id)) {
+          snapshotCount++;
+          storageBytes += snapshot.archiveBytes;
+        }
         byState.set(record.state, (byState.get(record.state) ?? 0) + 1);
         const user = perUser.get(record.ownerUserId) ?? { repls: 0, running: 0, runnerTimeMs: 0 };
         user.repls++;
@@ -129,9 +133,8 @@ export function createAdminService(options: AdminServiceOptions): ServiceImpl<ty
             count: byState.get(state) ?? 0,
           })),
           runningRunnerCount: runners.length,
-          // Snapshots are not stored yet (local disk workspaces).
-          snapshotCount: 0,
-          storageBytes: 0n,
+          snapshotCount,
+          storageBytes: BigInt(storageBytes),
         }),
         users: userIds.map((userId, i) => {
           const usage = perUser.get(userId);

@@ -13,6 +13,7 @@ import {
 import { type Caller, requireCaller } from "../auth/caller.js";
 import { effectiveScope, scopeAllows } from "../auth/scopes.js";
 import type { ReplStateName, StopReason, Versioned } from "../model.js";
+import type { SnapshotReasonName, SnapshotRecord } from "../snapshots/model.js";
 import type { StoredRepl } from "./repository.js";
 
 const stateToProto: Readonly<Record<ReplStateName, ReplState>> = {
@@ -47,13 +48,6 @@ const stopReasonToProto: Readonly<Record<StopReason, ReplStopReason>> = {
   system: ReplStopReason.SYSTEM,
 };
 
-const snapshotReasonOfStop: Readonly<Record<StopReason, SnapshotReason>> = {
-  user: SnapshotReason.STOP,
-  idle: SnapshotReason.IDLE_STOP,
-  admin: SnapshotReason.ADMIN_STOP,
-  system: SnapshotReason.SYSTEM_STOP,
-};
-
 /** The API Repl of a stored one; `defaultIdleTimeoutMs` fills an unset idle timeout (the effective value). */
 export function toRepl(repl: Versioned<StoredRepl>, defaultIdleTimeoutMs: number): Repl {
   const { record } = repl;
@@ -77,17 +71,42 @@ export function toRepl(repl: Versioned<StoredRepl>, defaultIdleTimeoutMs: number
   });
 }
 
-/**
- * The snapshot a stop's save hook reported. Snapshot storage is a later piece of work: until
- * then only what the hook tells (its id) and what the stop knows are filled in.
- */
-export function toStopSnapshot(replId: string, snapshotId: string, reason: StopReason, atMs: number): Snapshot {
+const snapshotReasonToProto: Readonly<Record<SnapshotReasonName, SnapshotReason>> = {
+  stop: SnapshotReason.STOP,
+  "idle-stop": SnapshotReason.IDLE_STOP,
+  "admin-stop": SnapshotReason.ADMIN_STOP,
+  "system-stop": SnapshotReason.SYSTEM_STOP,
+  manual: SnapshotReason.MANUAL,
+  "template-seed": SnapshotReason.TEMPLATE_SEED,
+  restore: SnapshotReason.RESTORE,
+};
+
+/** The snapshot reason of a stop's save. */
+export function snapshotReasonOfStop(reason: StopReason): Exclude<SnapshotReasonName, "template-seed" | "restore"> {
+  return reason === "user"
+    ? "stop"
+    : reason === "idle"
+      ? "idle-stop"
+      : reason === "admin"
+        ? "admin-stop"
+        : "system-stop";
+}
+
+/** The API Snapshot of a stored one; `currentSnapshotId` is the repl's pointer. */
+export function toSnapshot(snapshot: SnapshotRecord, currentSnapshotId: string): Snapshot {
   return create(SnapshotSchema, {
-    id: snapshotId,
-    replId,
-    createdAt: timestampFromMs(atMs),
-    reason: snapshotReasonOfStop[reason],
-    current: true,
+    id: snapshot.id,
+    replId: snapshot.replId,
+    createdAt: timestampFromMs(snapshot.createdAtMs),
+    reason: snapshotReasonToProto[snapshot.reason],
+    fileCount: snapshot.fileCount + snapshot.directoryCount + snapshot.symlinkCount,
+    sizeBytes: BigInt(snapshot.archiveBytes),
+    contentSizeBytes: BigInt(snapshot.contentBytes),
+    sha256: snapshot.sha256,
+    runnerVersion: snapshot.runnerVersion,
+    current: snapshot.id === currentSnapshotId,
+    description: snapshot.description,
+    restoredFromSnapshotId: snapshot.restoredFromSnapshotId,
   });
 }
 

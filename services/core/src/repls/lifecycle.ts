@@ -3,6 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import type { ReplRecord, ReplStateName, StopReason, Versioned } from "../model.js";
 import type { Orchestrator, RunnerInstance } from "../orchestrator/orchestrator.js";
+import type { RunnerTarget } from "../orchestrator/runner-client.js";
 import { type ReplRepository, replNotFound, type StoredRepl, versionMismatch } from "./repository.js";
 
 /**
@@ -10,6 +11,15 @@ import { type ReplRepository, replNotFound, type StoredRepl, versionMismatch } f
  * the driver keeps snapshots. Throwing keeps the runner: the repl goes back to running.
  */
 export type SaveWorkspace = (repl: ReplRecord, reason: StopReason) => Promise<string | undefined>;
+
+/**
+ * Brings a repl's current snapshot into its new runner before the start completes. Throwing
+ * fails the start (DataLoss is kept as the start's error code: the snapshot is damaged).
+ */
+export type RestoreWorkspace = (repl: ReplRecord, runner: RunnerTarget, signal: AbortSignal) => Promise<void>;
+
+/** Removes everything a deleted repl stored (its snapshots); throwing keeps the repl deleting, to be retried. */
+export type RemoveReplData = (replId: string) => Promise<void>;
 
 /** Options for {@link createReplLifecycle}. */
 export interface ReplLifecycleOptions {
@@ -20,8 +30,12 @@ export interface ReplLifecycleOptions {
   startTimeoutMs: number;
   /** How long a stopping runner gets to shut down gracefully before it is forced, in ms. Default 10000. */
   stopGraceMs?: number;
-  /** The save hook called before a runner is torn down; none means nothing is saved (local disk mode). */
+  /** The save hook called before a runner is torn down; none means nothing is saved. */
   saveWorkspace?: SaveWorkspace;
+  /** The restore hook called once a new runner is healthy; none means the workspace starts as it is. */
+  restoreWorkspace?: RestoreWorkspace;
+  /** Called when a deletion has removed the runner and the workspace, before the record goes. */
+  removeData?: RemoveReplData;
   logger?: Logger;
   /** Reads the time; tests move it. Default `Date.now`. */
   now?: () => number;
@@ -140,7 +154,7 @@ async function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined
 
 /** Creates the lifecycle over a repository and an orchestrator. */
 export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycle {
-  const { orchestrator, repository, startTimeoutMs, saveWorkspace, logger } = options;
+  const { orchestrator, repository, startTimeoutMs, saveWorkspace, restoreWorkspace, removeData, logger } = options;
   const now = options.now ?? Date.now;
   const stopGraceMs = options.stopGraceMs ?? 10_000;
   /** Starts in progress in this process, so a force stop can abort them at once. */
@@ -186,6 +200,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
       try {
         instance = await orchestrator.start({ replId, userId: ownerUserId, templateName }, controller.signal);
         endpoint = (await orchestrator.waitReady(replId, startTimeoutMs, controller.signal)).endpoint;
+        await restoreWorkspace?.(repl.record, { replId, endpoint }, controller.signal);
       } catch (error) {
         throw await failStart(replId, transitionId, error, instance);
       }
@@ -218,7 +233,8 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
   ): Promise<ConnectError> => {
     const current = await repository.get(replId);
     if (!current || !owns(current, "starting", transitionId)) return startSuperseded(replId, instance);
-    const reason = `runner did not start: ${message(cause)}`;
+    const damaged = cause instanceof ConnectError && cause.code === Code.DataLoss;
+    const reason = damaged ? message(cause) : `runner did not start: ${message(cause)}`;
     logger?.warn({ err: cause, replId }, "repl start failed");
     await orchestrator.stop(replId, 0).catch((error: unknown) => {
       logger?.warn({ err: error, replId }, "could not remove a failed runner; the reconciler retries");
@@ -230,7 +246,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
     );
     return new ConnectError(
       `repl ${replId} failed to start: ${message(cause)}`,
-      Code.Unavailable,
+      damaged ? Code.DataLoss : Code.Unavailable,
       undefined,
       undefined,
       cause,
@@ -282,6 +298,12 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
       }
     }
     await stopRunner(replId, stop.graceMs);
+    if (snapshotId !== undefined && restoreWorkspace) {
+      // The snapshot holds the workspace now and the next start restores it: the sandbox's copy goes.
+      await orchestrator.removeWorkspace(replId).catch((error: unknown) => {
+        logger?.warn({ err: error, replId }, "could not remove a stopped repl's workspace folder");
+      });
+    }
     const atMs = now();
     const result = await repository.update(replId, (current) => {
       if (!owns(current, "stopping", transitionId)) return undefined;
@@ -321,6 +343,19 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
           undefined,
           error,
         );
+      }
+      if (removeData) {
+        try {
+          await removeData(replId);
+        } catch (error) {
+          throw new ConnectError(
+            `could not remove the stored data of repl ${replId}: ${message(error)}; deletion will be retried`,
+            Code.Unavailable,
+            undefined,
+            undefined,
+            error,
+          );
+        }
       }
       await repository.remove(replId);
     })().finally(() => deletions.delete(replId));

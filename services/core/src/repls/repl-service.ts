@@ -15,19 +15,20 @@ import { requireCaller } from "../auth/caller.js";
 import type { CoreConfig } from "../config.js";
 import { newId } from "../ids.js";
 import type { ReplStateName, Versioned } from "../model.js";
-import type { Orchestrator } from "../orchestrator/orchestrator.js";
 import type { TokenKeys } from "../orchestrator/token-keys.js";
 import { decodePageToken, encodePageToken, pageSizeOf } from "../paging.js";
+import type { SnapshotRecord } from "../snapshots/model.js";
+import type { Snapshots } from "../snapshots/snapshots.js";
 import type { TemplateCatalog } from "../templates/catalog.js";
-import { replStateFromProto, requireWriter, toRepl, toStopSnapshot } from "./convert.js";
+import { replStateFromProto, requireWriter, toRepl, toSnapshot } from "./convert.js";
 import type { ReplLifecycle } from "./lifecycle.js";
-import { type ReplEvent, replNotFound, type StoredRepl, userReplsIndex } from "./repository.js";
+import { type ReplEvent, replNotFound, type StoredRepl, userReplsIndex, versionMismatch } from "./repository.js";
 
 /** Options for {@link createReplService}. */
 export interface ReplServiceOptions {
   lifecycle: ReplLifecycle;
-  /** Where workspaces live (`workspacePath`, `removeWorkspace`) for seeding new repls. */
-  orchestrator: Pick<Orchestrator, "workspacePath" | "removeWorkspace">;
+  /** Snapshots: seeding new repls from templates, history, manual saves and restores. */
+  snapshots: Pick<Snapshots, "seed" | "deleteAll" | "list" | "get" | "save" | "copyForRestore" | "discard">;
   templates: TemplateCatalog;
   /** Core's runner-token signing key. */
   tokenKeys: Pick<TokenKeys, "privateKey">;
@@ -50,7 +51,7 @@ const maxLabels = 64;
  * caller and answer another user's repl as NotFound.
  */
 export function createReplService(options: ReplServiceOptions): ServiceImpl<typeof ReplService> {
-  const { lifecycle, orchestrator, templates, tokenKeys, config, logger } = options;
+  const { lifecycle, snapshots, templates, tokenKeys, config, logger } = options;
   const { repository } = lifecycle;
   const now = options.now ?? Date.now;
   const replBaseUrl = options.replPublicUrl.replace(/\/+$/, "");
@@ -83,11 +84,18 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
     }
   };
 
-  const snapshotsLater = () =>
-    new ConnectError(
-      "snapshots are not available yet: in this mode the workspace lives on the local disk",
-      Code.Unimplemented,
-    );
+  /** The API form of a stop's snapshot, read back from the history. */
+  const stopSnapshot = async (replId: string, snapshotId: string | undefined) => {
+    if (snapshotId === undefined) return {};
+    const saved = await snapshots.get(replId, snapshotId);
+    return saved ? { snapshot: toSnapshot(saved, snapshotId) } : {};
+  };
+
+  /** Removes what a create stored for a repl that was not created. */
+  const discardAll = (replId: string) =>
+    snapshots.deleteAll(replId).catch((error: unknown) => {
+      logger?.warn({ err: error, replId }, "could not remove the snapshot of a repl not created");
+    });
 
   return {
     async createRepl(req, ctx) {
@@ -111,14 +119,12 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         currentSnapshotId: "",
         labels: { ...req.labels },
       };
-      const removeWorkspace = () =>
-        orchestrator.removeWorkspace(record.id).catch((error: unknown) => {
-          logger?.warn({ err: error, replId: record.id }, "could not remove the workspace of a repl not created");
-        });
+      let seeded: SnapshotRecord;
       try {
-        await templates.seed(template.name, orchestrator.workspacePath(record.id));
+        seeded = await snapshots.seed(record.id, template);
       } catch (error) {
-        await removeWorkspace();
+        await discardAll(record.id);
+        if (error instanceof ConnectError) throw error;
         throw new ConnectError(
           `could not seed the workspace from template ${template.name}`,
           Code.Internal,
@@ -128,9 +134,9 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         );
       }
       try {
-        return { repl: repl(await repository.create(record, config.replQuota)) };
+        return { repl: repl(await repository.create({ ...record, currentSnapshotId: seeded.id }, config.replQuota)) };
       } catch (error) {
-        await removeWorkspace();
+        await discardAll(record.id);
         throw error;
       }
     },
@@ -237,12 +243,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         expectedVersion: Number(req.expectedVersion),
         signal: ctx.signal,
       });
-      return {
-        repl: repl(outcome.repl),
-        ...(outcome.snapshotId === undefined
-          ? {}
-          : { snapshot: toStopSnapshot(req.replId, outcome.snapshotId, "user", now()) }),
-      };
+      return { repl: repl(outcome.repl), ...(await stopSnapshot(req.replId, outcome.snapshotId)) };
     },
 
     async getReplAccess(req, ctx) {
@@ -304,21 +305,82 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
     },
 
     async listSnapshots(req, ctx) {
-      await owned(req.replId, requireCaller(ctx.values));
-      throw snapshotsLater();
+      const found = await owned(req.replId, requireCaller(ctx.values));
+      const filters = { replId: req.replId };
+      const after = decodePageToken(req.pageToken, filters);
+      const size = pageSizeOf(req.pageSize);
+      const rest = (await snapshots.list(req.replId)).filter((snapshot) => after === undefined || snapshot.id < after);
+      const items = rest.slice(0, size);
+      const last = items.at(-1);
+      return {
+        snapshots: items.map((snapshot) => toSnapshot(snapshot, found.record.currentSnapshotId)),
+        nextPageToken: rest.length > size && last ? encodePageToken(last.id, filters) : "",
+      };
     },
 
     async createSnapshot(req, ctx) {
-      await owned(req.replId, requireWriter(ctx));
-      throw snapshotsLater();
+      const caller = requireWriter(ctx);
+      const found = await owned(req.replId, caller);
+      const expected = Number(req.expectedVersion);
+      if (expected && found.version !== expected) throw versionMismatch(req.replId, expected, found.version);
+      const { runnerEndpoint } = found.record;
+      if (found.record.state !== "running" || !runnerEndpoint) {
+        throw new ConnectError(
+          `repl ${req.replId} is ${found.record.state}, not running: only a running repl's workspace can be saved`,
+          Code.FailedPrecondition,
+        );
+      }
+      const saved = await snapshots.save(
+        req.replId,
+        { replId: req.replId, endpoint: runnerEndpoint },
+        { reason: "manual", description: req.description, currentSnapshotId: found.record.currentSnapshotId },
+      );
+      // The pointer, written last. A stop that began meanwhile saves after this save and moves it again.
+      const result = await repository.update(req.replId, ({ record }) =>
+        (record.state === "running" || record.state === "stopping") && record.currentSnapshotId !== saved.id
+          ? { ...record, currentSnapshotId: saved.id }
+          : undefined,
+      );
+      return {
+        snapshot: toSnapshot(saved, result.repl.record.currentSnapshotId),
+        repl: repl(result.repl),
+      };
     },
 
     async restoreSnapshot(req, ctx) {
-      await owned(req.replId, requireWriter(ctx));
-      throw snapshotsLater();
+      const caller = requireWriter(ctx);
+      const found = await owned(req.replId, caller);
+      const expected = Number(req.expectedVersion);
+      if (expected && found.version !== expected) throw versionMismatch(req.replId, expected, found.version);
+      const notRestorable = (state: ReplStateName) =>
+        new ConnectError(
+          `repl ${req.replId} is ${state}: stop it before restoring a snapshot (a running workspace would overwrite it on its next save)`,
+          Code.FailedPrecondition,
+        );
+      if (!restorable.has(found.record.state)) throw notRestorable(found.record.state);
+      const restored = await snapshots.copyForRestore(req.replId, req.snapshotId, found.record.currentSnapshotId);
+      try {
+        const result = await repository.update(
+          req.replId,
+          ({ record }) => {
+            if (!restorable.has(record.state)) throw notRestorable(record.state);
+            return { ...record, currentSnapshotId: restored.id };
+          },
+          expected ? { expectedVersion: found.version } : {},
+        );
+        return { repl: repl(result.repl), snapshot: toSnapshot(restored, restored.id) };
+      } catch (error) {
+        await snapshots.discard(req.replId, restored.id).catch((cleanup: unknown) => {
+          logger?.warn({ err: cleanup, replId: req.replId }, "could not remove a restore that was not committed");
+        });
+        throw error;
+      }
     },
   };
 }
+
+/** The states a snapshot may be restored in: no runner writes the workspace. */
+const restorable: ReadonlySet<ReplStateName> = new Set(["created", "stopped", "failed"]);
 
 function message(event: MessageInitShape<typeof WatchReplResponseSchema>["event"]): WatchReplResponse {
   return create(WatchReplResponseSchema, { event });

@@ -1,3 +1,7 @@
+import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { type Client, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { AdminService } from "@devex/gen/devex/core/v1/admin_pb.js";
 import { ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
@@ -6,13 +10,17 @@ import { callerKey } from "../../src/auth/caller.js";
 import { createUserRepository } from "../../src/identity/users.js";
 import type { Scope, StopReason, UserRecord } from "../../src/model.js";
 import type { Orchestrator, RunnerInstance, RunnerSpec } from "../../src/orchestrator/orchestrator.js";
+import type { RunnerCaller } from "../../src/orchestrator/runner-client.js";
 import { createAdminService } from "../../src/repls/admin-service.js";
+import { snapshotReasonOfStop } from "../../src/repls/convert.js";
 import { createReplLifecycle, type ReplLifecycle } from "../../src/repls/lifecycle.js";
 import { createReplService } from "../../src/repls/repl-service.js";
 import { createReplRepository, type ReplRepository } from "../../src/repls/repository.js";
+import { createSnapshots, type Snapshots } from "../../src/snapshots/snapshots.js";
 import { createEmbeddedStore } from "../../src/state/embedded.js";
 import type { StateStore } from "../../src/state/store.js";
 import type { TemplateCatalog, TemplateRecord } from "../../src/templates/catalog.js";
+import { createFilesystemWorkspaceStore, type WorkspaceStore } from "../../src/workspaces/index.js";
 
 export { codeOf } from "@devex/kit/testing";
 
@@ -63,7 +71,8 @@ export class FakeOrchestrator implements Orchestrator {
   async start(spec: RunnerSpec, signal?: AbortSignal): Promise<RunnerInstance> {
     this.calls.push({ op: "start", replId: spec.replId });
     signal?.throwIfAborted();
-    if (!this.workspaces.has(spec.replId)) this.violations.push(`start without a workspace: ${spec.replId}`);
+    // Like the local driver, a start makes the runner's workspace folder (the restore fills it).
+    this.workspaces.add(spec.replId);
     const existing = this.runners.get(spec.replId);
     if (existing && existing.phase !== "exited") return existing;
     const instance: RunnerInstance = {
@@ -150,36 +159,115 @@ export class FakeOrchestrator implements Orchestrator {
   }
 }
 
-/** A catalog of two templates whose seed creates the fake workspace. */
-export function createFakeCatalog(orchestrator: FakeOrchestrator): TemplateCatalog & { failSeed: boolean } {
-  const template = (name: string): TemplateRecord => ({
-    name,
-    displayName: name,
-    description: `${name} template`,
-    runnerImage: "runner:test",
-    startCommand: "bash",
-    ports: [],
-    language: name,
-    tags: [],
-    filesDir: `/templates/${name}/files`,
-    sizeBytes: 0,
-    updatedAtMs: 0,
-  });
-  const templates = [template("node"), template("python")];
-  const catalog = {
+/**
+ * Runner calls for snapshots without a runner: an export is a few bytes naming the repl (with
+ * a correct trailer), an import reads the archive to the end and checks its checksum as a
+ * runner does.
+ */
+export const fakeRunners: Pick<RunnerCaller, "exportWorkspace" | "importWorkspace" | "shutdown" | "status"> = {
+  exportWorkspace(target) {
+    const body = Buffer.from(`the workspace of ${target.replId} at ${Date.now()}`);
+    const startedAtMs = Date.now();
+    return {
+      chunks: (async function* () {
+        yield body;
+      })(),
+      report: Promise.resolve({
+        fileCount: 1,
+        directoryCount: 1,
+        symlinkCount: 0,
+        contentBytes: body.length,
+        archiveBytes: body.length,
+        sha256: createHash("sha256").update(body).digest("hex"),
+      }),
+      startedAtMs: () => startedAtMs,
+    };
+  },
+  async importWorkspace(_target, archive, options) {
+    const hash = createHash("sha256");
+    let bytes = 0;
+    for await (const chunk of archive) {
+      hash.update(chunk);
+      bytes += chunk.byteLength;
+    }
+    const sha256 = hash.digest("hex");
+    if (sha256 !== options.sha256 || bytes !== options.archiveBytes) {
+      throw new ConnectError("the archive does not match its checksum", Code.DataLoss);
+    }
+    return { fileCount: 1, directoryCount: 1, symlinkCount: 0, contentBytes: bytes, archiveBytes: bytes, sha256 };
+  },
+  async shutdown() {},
+  async status(target) {
+    return {
+      replId: target.replId,
+      attachedClients: 0,
+      sessionCount: 0,
+      runningProcessCount: 0,
+      lastActivityAtMs: 0,
+      version: "0.0.0-harness",
+    };
+  },
+};
+
+/** Snapshots over a real filesystem workspace store, with a switch to make seeding fail. */
+export type HarnessSnapshots = Snapshots & { failSeed: boolean };
+
+/**
+ * A catalog of two templates whose archives are stored in `objects` (a few bytes each: the
+ * harness never unpacks them), and snapshots over the same store and the state store, whose
+ * runner calls go to {@link fakeRunners}.
+ */
+export async function createHarnessTemplates(
+  objects: WorkspaceStore,
+  store: StateStore,
+  now: () => number,
+): Promise<{ catalog: TemplateCatalog; snapshots: HarnessSnapshots }> {
+  const template = async (name: string): Promise<TemplateRecord> => {
+    const body = Buffer.from(`the files of ${name}`);
+    const sha256 = createHash("sha256").update(body).digest("hex");
+    const key = `templates/${name}/archives/${sha256}.tar.zst`;
+    await objects.put(key, body);
+    return {
+      name,
+      displayName: name,
+      description: `${name} template`,
+      runnerImage: "runner:test",
+      startCommand: "bash",
+      ports: [],
+      language: name,
+      tags: [],
+      sizeBytes: 0,
+      updatedAtMs: 0,
+      archive: {
+        key,
+        sha256,
+        bytes: body.length,
+        fileCount: 1,
+        directoryCount: 1,
+        symlinkCount: 0,
+        contentBytes: body.length,
+      },
+    };
+  };
+  const templates = [await template("node"), await template("python")];
+  const real = createSnapshots({ objects, state: store, runners: fakeRunners, retention: 10, now });
+  const snapshots: HarnessSnapshots = {
+    ...real,
     failSeed: false,
+    async seed(replId, seeded) {
+      if (snapshots.failSeed) throw new Error("disk full");
+      return real.seed(replId, seeded);
+    },
+  };
+  const catalog: TemplateCatalog = {
     async list() {
       return templates;
     },
     async get(name: string) {
       return templates.find((candidate) => candidate.name === name);
     },
-    async seed(_name: string, workspaceDir: string) {
-      if (catalog.failSeed) throw new Error("disk full");
-      orchestrator.workspaces.add(workspaceDir.slice(workspaceDir.lastIndexOf("/") + 1));
-    },
   };
-  return catalog;
+  return { catalog, snapshots };
 }
 
 /** A controllable save hook that checks it runs while the runner is still there. */
@@ -229,7 +317,10 @@ export interface ReplReplica {
 export interface ReplHarness extends ReplReplica {
   store: StateStore;
   orchestrator: FakeOrchestrator;
-  catalog: ReturnType<typeof createFakeCatalog>;
+  catalog: TemplateCatalog;
+  snapshots: HarnessSnapshots;
+  /** The workspace store (a temporary folder) holding template archives and snapshots. */
+  objects: WorkspaceStore;
   save: FakeSave;
   now: () => number;
   /** Another core replica over the same store and orchestrator (no in-process shortcuts shared). */
@@ -265,9 +356,10 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
     },
   };
   const orchestrator = new FakeOrchestrator();
-  const catalog = createFakeCatalog(orchestrator);
+  const objectsDir = await mkdtemp(join(tmpdir(), "devex-harness-objects-"));
+  const objects = await createFilesystemWorkspaceStore({ root: objectsDir });
+  const { catalog, snapshots: harnessSnapshots } = await createHarnessTemplates(objects, store, now);
   const save: FakeSave = { calls: [], fail: undefined, delayMs: 0 };
-  let snapshots = 0;
   const { privateKey } = await generateKeyPair("EdDSA", { crv: "Ed25519" });
   const config = {
     replQuota: options.replQuota ?? 20,
@@ -284,13 +376,22 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
       startTimeoutMs: options.startTimeoutMs ?? 1_000,
       stopGraceMs: 0,
       now,
+      removeData: (replId) => harnessSnapshots.deleteAll(replId),
+      async restoreWorkspace(repl, runner, signal) {
+        if (repl.currentSnapshotId) await harnessSnapshots.restoreInto(repl.id, repl.currentSnapshotId, runner, signal);
+      },
       async saveWorkspace(repl, reason) {
         save.calls.push({ replId: repl.id, reason });
         if (!orchestrator.runners.has(repl.id)) orchestrator.violations.push(`save without a runner: ${repl.id}`);
         if (save.delayMs > 0) await sleep(save.delayMs);
         if (save.fail !== undefined) throw new Error(save.fail);
-        snapshots++;
-        return `snap_${String(snapshots).padStart(26, "0")}`;
+        const runner = orchestrator.runners.get(repl.id);
+        const saved = await harnessSnapshots.save(
+          repl.id,
+          { replId: repl.id, endpoint: runner?.endpoint ?? "http://127.0.0.1:1" },
+          { reason: snapshotReasonOfStop(reason), final: { graceMs: 0 }, currentSnapshotId: repl.currentSnapshotId },
+        );
+        return saved.id;
       },
     });
     const routes = (router: Parameters<Parameters<typeof createRouterTransport>[0]>[0]) => {
@@ -298,7 +399,7 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
         ReplService,
         createReplService({
           lifecycle,
-          orchestrator,
+          snapshots: harnessSnapshots,
           templates: catalog,
           tokenKeys: { privateKey },
           replPublicUrl: "https://repls.devex.test/",
@@ -306,7 +407,10 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
           now,
         }),
       );
-      router.service(AdminService, createAdminService({ lifecycle, store, orchestrator, config, now }));
+      router.service(
+        AdminService,
+        createAdminService({ lifecycle, store, orchestrator, snapshots: harnessSnapshots, config, now }),
+      );
     };
     const transportFor = (user: UserRecord | undefined, scope: Scope) =>
       createRouterTransport(routes, {
@@ -339,6 +443,8 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
     store,
     orchestrator,
     catalog,
+    snapshots: harnessSnapshots,
+    objects,
     save,
     now,
     replica,
@@ -365,6 +471,8 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
     },
     async close() {
       await store.close();
+      await objects.close();
+      await rm(objectsDir, { recursive: true, force: true });
     },
   };
 }

@@ -1,11 +1,11 @@
-import { cp, readdir, readFile, stat } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod/mini";
-import type { TemplateCatalog, TemplateRecord } from "./catalog.js";
 
 const namePattern = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
-const manifestSchema = z.object({
+/** The manifest of a template (`templates/<name>/template.json`). */
+export const manifestSchema = z.object({
   name: z.string().check(z.regex(namePattern, "must be lower-case letters, digits and dashes")),
   displayName: z.string().check(z.minLength(1), z.maxLength(128)),
   description: z.string().check(z.maxLength(1024)),
@@ -27,43 +27,45 @@ export class TemplateError extends Error {
   override name = "TemplateError";
 }
 
-/**
- * The templates of a `templates/` folder: each subfolder holds a `template.json` manifest
- * (whose name must equal the folder's) and a `files/` folder a new repl starts with.
- * Manifests are validated when the catalog is created, so a broken template stops
- * start-up with a message naming it, not a user's create later.
- */
-export async function createDirectoryCatalog(directory: string): Promise<TemplateCatalog> {
-  const templates = new Map<string, TemplateRecord>();
-  for (const entry of await readdir(directory, { withFileTypes: true })) {
-    if (!entry.isDirectory()) continue;
-    const template = await loadTemplate(join(directory, entry.name), entry.name);
-    templates.set(template.name, template);
-  }
-  const sorted = [...templates.values()].sort((a, b) => a.name.localeCompare(b.name));
-  return {
-    async list() {
-      return sorted;
-    },
-    async get(name) {
-      return templates.get(name);
-    },
-    async seed(name, workspaceDir) {
-      const template = templates.get(name);
-      if (!template) throw new TemplateError(`no template named ${name}`);
-      // Symlinks are copied as links (never followed); modes are kept.
-      await cp(template.filesDir, workspaceDir, {
-        recursive: true,
-        verbatimSymlinks: true,
-        preserveTimestamps: true,
-        errorOnExist: true,
-        force: false,
-      });
-    },
-  };
+/** A template's manifest as its folder declares it (`template.json`). */
+export type TemplateManifest = z.infer<typeof manifestSchema>;
+
+/** A template folder: its manifest and the folder of files a new repl starts with. */
+export interface TemplateFolder {
+  manifest: TemplateManifest;
+  filesDir: string;
+  /** Total bytes of the files. */
+  sizeBytes: number;
+  /** The latest modification of the manifest or a file, in ms since the epoch. */
+  updatedAtMs: number;
 }
 
-async function loadTemplate(folder: string, folderName: string): Promise<TemplateRecord> {
+/**
+ * The templates of a `templates/` folder, sorted by name: each subfolder holds a
+ * `template.json` manifest (whose name must equal the folder's) and a `files/` folder.
+ * Manifests are validated here, so a broken template fails the sync with a message naming
+ * it, not a user's create later.
+ */
+export async function loadTemplateFolders(directory: string): Promise<TemplateFolder[]> {
+  const folders: TemplateFolder[] = [];
+  for (const entry of await readdir(directory, { withFileTypes: true })) {
+    if (!entry.isDirectory()) continue;
+    folders.push(await loadTemplate(join(directory, entry.name), entry.name));
+  }
+  return folders.sort((a, b) => (a.manifest.name < b.manifest.name ? -1 : 1));
+}
+
+/** Checks a manifest read from anywhere (a folder, the workspace store); throws TemplateError naming `source`. */
+export function parseTemplateManifest(raw: unknown, source: string): TemplateManifest {
+  const parsed = manifestSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join(".") || "(root)"} ${issue.message}`);
+    throw new TemplateError(`${source}: ${problems.join("; ")}`);
+  }
+  return parsed.data;
+}
+
+async function loadTemplate(folder: string, folderName: string): Promise<TemplateFolder> {
   const manifestPath = join(folder, "template.json");
   let raw: unknown;
   try {
@@ -71,12 +73,7 @@ async function loadTemplate(folder: string, folderName: string): Promise<Templat
   } catch (error) {
     throw new TemplateError(`${manifestPath}: ${(error as Error).message}`, { cause: error });
   }
-  const parsed = manifestSchema.safeParse(raw);
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map((issue) => `${issue.path.join(".") || "(root)"} ${issue.message}`);
-    throw new TemplateError(`${manifestPath}: ${problems.join("; ")}`);
-  }
-  const manifest = parsed.data;
+  const manifest = parseTemplateManifest(raw, manifestPath);
   if (manifest.name !== folderName) {
     throw new TemplateError(`${manifestPath}: name ${manifest.name} must equal the folder name ${folderName}`);
   }
@@ -84,7 +81,7 @@ async function loadTemplate(folder: string, folderName: string): Promise<Templat
   const { bytes, latestMs } = await measure(filesDir);
   const manifestStat = await stat(manifestPath);
   return {
-    ...manifest,
+    manifest,
     filesDir,
     sizeBytes: bytes,
     updatedAtMs: Math.floor(Math.max(latestMs, manifestStat.mtimeMs)),

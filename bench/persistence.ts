@@ -1,0 +1,155 @@
+/**
+ * `npm run bench:persistence`: saving and restoring a workspace through the whole system,
+ * against `tar` piped to the same compressor (zstd -3) on the same files, in the same run.
+ *
+ *   save      CreateSnapshot of a running repl whose workspace holds BENCH_FILES files
+ *             (default 10,000) of BENCH_MB MB in total (default 100; a tenth random, the rest
+ *             text): the runner archives it, core streams it into the filesystem workspace
+ *             store; baseline `tar -C ws -c . | zstd -3 > file`
+ *   restore   StartRepl of that repl (stopped) minus StartRepl of an empty repl, both measured
+ *             here: core reads the snapshot and streams it into the new runner, which unpacks
+ *             it beside the workspace, checks it and swaps it in; baseline
+ *             `zstd -dc file | tar -C dir -x`
+ *   memory    the peak resident memory (VmHWM) of the runner that saved (the process that
+ *             archives) and of core (which streams), after the saves
+ *
+ * Each figure is the median of BENCH_ROUNDS rounds (default 3). Prints one JSON line per
+ * measurement, then the targets (save and restore at most 1.5x the baseline, peak memory of
+ * the saving process under 150 MB). Not a test: figures vary with the machine.
+ */
+import { execFile, execFileSync } from "node:child_process";
+import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
+import { startCoreProcess } from "../services/core/test/support/core-process.js";
+
+const fileCount = Number(process.env.BENCH_FILES ?? 10_000);
+const totalBytes = Number(process.env.BENCH_MB ?? 100) * 1024 * 1024;
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const execFileAsync = promisify(execFile);
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? Number.NaN;
+const print = (line: Record<string, unknown>) => console.log(JSON.stringify(line));
+
+/** A deterministic workspace: nested folders, text files of words and some random ones. */
+async function generateWorkspace(root: string): Promise<void> {
+  let seed = 42;
+  const random = () => {
+    seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+    return seed / 2 ** 31;
+  };
+  const words = Array.from({ length: 4096 }, (_, i) => `w${i.toString(36)}`);
+  const average = totalBytes / fileCount;
+  for (let i = 0; i < fileCount; i++) {
+    const dir = join(root, `d${i % 50}`, `s${Math.floor(i / 50) % 20}`);
+    if (i < 1000) await mkdir(dir, { recursive: true });
+    const size = Math.max(1, Math.round(average * (0.2 + 1.6 * random())));
+    let body: Buffer;
+    if (i % 10 === 0) {
+      body = Buffer.alloc(size);
+      for (let j = 0; j < size; j++) body[j] = Math.floor(random() * 256);
+    } else {
+      const parts: string[] = [];
+      let length = 0;
+      while (length < size) {
+        const word = words[Math.floor(random() * words.length)] ?? "w";
+        parts.push(word);
+        length += word.length + 1;
+      }
+      body = Buffer.from(parts.join(" ")).subarray(0, size);
+    }
+    await writeFile(join(dir, `f${i}.txt`), body);
+  }
+}
+
+async function timed(work: () => Promise<unknown>): Promise<number> {
+  const started = performance.now();
+  await work();
+  return performance.now() - started;
+}
+
+function peakRssMb(pid: number): number {
+  const status = execFileSync("cat", [`/proc/${pid}/status`]).toString();
+  const match = /VmHWM:\s+(\d+) kB/.exec(status);
+  return match ? Number(match[1]) / 1024 : Number.NaN;
+}
+
+const work = await mkdtemp(join(tmpdir(), "devex-bench-persistence-"));
+const source = join(work, "ws");
+await mkdir(source);
+await generateWorkspace(source);
+print({ workspace: { files: fileCount, bytes: totalBytes } });
+
+const core = await startCoreProcess(["--runner-standby-count", "0", "--log-level", "warn"]);
+try {
+  const repls = core.client(ReplService, await core.devApiKey());
+  const big = (await repls.createRepl({ name: "big", templateName: "blank" })).repl?.id ?? "";
+  const empty = (await repls.createRepl({ name: "empty", templateName: "blank" })).repl?.id ?? "";
+  await repls.startRepl({ replId: big });
+  await cp(source, join(core.dataDir, "workspaces", big), { recursive: true });
+
+  const baseline = { save: [] as number[], restore: [] as number[] };
+  const system = { save: [] as number[], start: [] as number[], emptyStart: [] as number[] };
+  let archiveBytes = 0;
+  let runnerPeakMb = Number.NaN;
+  for (let round = 0; round < rounds; round++) {
+    const archive = join(work, "baseline.tar.zst");
+    baseline.save.push(
+      await timed(() => execFileAsync("bash", ["-c", `tar -C '${source}' -c . | zstd -3 -q -f -o '${archive}'`])),
+    );
+    const out = join(work, `restored-${round}`);
+    await mkdir(out);
+    baseline.restore.push(
+      await timed(() => execFileAsync("bash", ["-c", `zstd -dc '${archive}' | tar -C '${out}' -x`])),
+    );
+    await rm(out, { recursive: true, force: true });
+
+    if (round > 0) await repls.startRepl({ replId: big });
+    const pid = Number(
+      execFileSync("pgrep", ["-f", `repl-id ${big}`])
+        .toString()
+        .trim()
+        .split("\n")[0],
+    );
+    let saved: Awaited<ReturnType<typeof repls.createSnapshot>> | undefined;
+    system.save.push(
+      await timed(async () => {
+        saved = await repls.createSnapshot({ replId: big });
+      }),
+    );
+    archiveBytes = Number(saved?.snapshot?.sizeBytes ?? 0);
+    runnerPeakMb = peakRssMb(pid);
+    await repls.stopRepl({ replId: big });
+    system.start.push(await timed(() => repls.startRepl({ replId: big })));
+    await repls.stopRepl({ replId: big });
+    system.emptyStart.push(await timed(() => repls.startRepl({ replId: empty })));
+    await repls.stopRepl({ replId: empty });
+  }
+  const corePeakMb = peakRssMb(core.service.child.pid ?? 0);
+
+  const saveMs = median(system.save);
+  const restoreMs = median(system.start) - median(system.emptyStart);
+  const baseSaveMs = median(baseline.save);
+  const baseRestoreMs = median(baseline.restore);
+  print({ measure: "save", ms: saveMs, baselineMs: baseSaveMs, ratio: saveMs / baseSaveMs, archiveBytes });
+  print({
+    measure: "restore",
+    ms: restoreMs,
+    startMs: median(system.start),
+    emptyStartMs: median(system.emptyStart),
+    baselineMs: baseRestoreMs,
+    ratio: restoreMs / baseRestoreMs,
+  });
+  print({ measure: "memory", runnerPeakMb, corePeakMb });
+  const verdict = (ok: boolean) => (ok ? "met" : "NOT met");
+  console.log(`
+save     ${saveMs.toFixed(0)} ms vs ${baseSaveMs.toFixed(0)} ms: ${(saveMs / baseSaveMs).toFixed(2)}x (target <= 1.5x: ${verdict(saveMs <= 1.5 * baseSaveMs)})
+restore  ${restoreMs.toFixed(0)} ms vs ${baseRestoreMs.toFixed(0)} ms: ${(restoreMs / baseRestoreMs).toFixed(2)}x (target <= 1.5x: ${verdict(restoreMs <= 1.5 * baseRestoreMs)})
+memory   runner peak ${runnerPeakMb.toFixed(0)} MB, core peak ${corePeakMb.toFixed(0)} MB (target < 150 MB: ${verdict(runnerPeakMb < 150 && corePeakMb < 150)})`);
+} finally {
+  await core.stop();
+  await core.cleanup();
+  await rm(work, { recursive: true, force: true });
+}
