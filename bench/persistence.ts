@@ -18,6 +18,7 @@
  * the saving process under 150 MB). Not a test: figures vary with the machine.
  */
 import { execFile, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,10 +36,13 @@ const print = (line: Record<string, unknown>) => console.log(JSON.stringify(line
 
 /** A deterministic workspace: nested folders, text files of words and some random ones. */
 async function generateWorkspace(root: string): Promise<void> {
+  // mulberry32: a small deterministic generator with a full 32-bit period.
   let seed = 42;
   const random = () => {
-    seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
-    return seed / 2 ** 31;
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
   };
   const words = Array.from({ length: 4096 }, (_, i) => `w${i.toString(36)}`);
   const average = totalBytes / fileCount;
@@ -48,8 +52,7 @@ async function generateWorkspace(root: string): Promise<void> {
     const size = Math.max(1, Math.round(average * (0.2 + 1.6 * random())));
     let body: Buffer;
     if (i % 10 === 0) {
-      body = Buffer.alloc(size);
-      for (let j = 0; j < size; j++) body[j] = Math.floor(random() * 256);
+      body = randomBytes(size);
     } else {
       const parts: string[] = [];
       let length = 0;
@@ -82,7 +85,8 @@ await mkdir(source);
 await generateWorkspace(source);
 print({ workspace: { files: fileCount, bytes: totalBytes } });
 
-const core = await startCoreProcess(["--runner-standby-count", "0", "--log-level", "warn"]);
+// Core as `npm run core` runs it (its Node flags); runners as the local orchestrator runs them.
+const core = await startCoreProcess(["--runner-standby-count", "0"], undefined, ["--max-semi-space-size=1"]);
 try {
   const repls = core.client(ReplService, await core.devApiKey());
   const big = (await repls.createRepl({ name: "big", templateName: "blank" })).repl?.id ?? "";

@@ -1,10 +1,14 @@
 import type { Dirent, Stats } from "node:fs";
-import { lstat, readdir, readFile, realpath } from "node:fs/promises";
+import { lstatSync, readdirSync } from "node:fs";
+import { readFile, realpath } from "node:fs/promises";
 import { resolve, sep } from "node:path";
 import ignore from "ignore";
 
 /** What kind of object a tree entry is; "other" covers sockets, FIFOs and devices. */
 export type EntryKind = "file" | "directory" | "symlink" | "other";
+
+/** While walking: an entry that vanished before it was stat'ed (never visited). */
+type WalkKind = EntryKind | "gone";
 
 /** One entry found by {@link walkTree}. */
 export interface TreeEntry {
@@ -26,9 +30,14 @@ export interface WalkOptions {
   signal?: AbortSignal;
 }
 
-/** Files stat'ed at once while walking a directory: the walk waits on the disk, not on the CPU. */
-const statConcurrency = 32;
-const slash = Buffer.from("/");
+/**
+ * Entries handled between two turns of the event loop. The walk uses synchronous calls (a
+ * readdir or lstat then costs a few microseconds instead of a round trip through the thread
+ * pool, which made the walk slower than tar and zstd together) in slices this small, so it
+ * never holds the event loop for more than about a millisecond.
+ */
+const sliceEntries = 128;
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /**
  * Visits everything below `root` (not the root itself): parents before their contents, in
@@ -43,45 +52,55 @@ export async function walkTree(
   options: WalkOptions = {},
 ): Promise<void> {
   const rootBytes = Buffer.from(root);
-  const absolute = (path: Buffer) => Buffer.concat([rootBytes, slash, path]);
+  const absolute = (path: Buffer) => joinPath(rootBytes, path);
 
   const walkDirectory = async (dir: Buffer | undefined): Promise<void> => {
+    await nextTurn();
+    options.signal?.throwIfAborted();
     let dirents: Dirent<Buffer>[];
     try {
-      dirents = await readdir(dir ? absolute(dir) : rootBytes, { withFileTypes: true, encoding: "buffer" });
+      dirents = readdirSync(dir ? absolute(dir) : rootBytes, { withFileTypes: true, encoding: "buffer" });
     } catch (error) {
       if (vanishedOrUnreadable(error)) return;
       throw error;
     }
     dirents.sort((a, b) => Buffer.compare(a.name, b.name));
-    const entries: TreeEntry[] = [];
+    const entries: { path: Buffer; kind: WalkKind; size: number }[] = [];
     for (const dirent of dirents) {
-      const path = dir ? Buffer.concat([dir, slash, dirent.name]) : dirent.name;
+      const path = dir ? joinPath(dir, dirent.name) : dirent.name;
       const kind = kindOf(dirent);
       if (options.excluded?.(kind === "directory" ? `${path.toString()}/` : path.toString())) continue;
       entries.push({ path, kind, size: 0 });
     }
-    for (let start = 0; start < entries.length; start += statConcurrency) {
+    for (let start = 0; start < entries.length; start += sliceEntries) {
+      if (start > 0) await nextTurn();
       options.signal?.throwIfAborted();
-      const batch = entries.slice(start, start + statConcurrency);
+      const slice = entries.slice(start, start + sliceEntries);
       // Regular files are stat'ed for their size; one replaced meanwhile takes its new kind.
-      const stats = await Promise.all(
-        batch.map((entry) => (entry.kind === "file" ? lstatIfPresent(absolute(entry.path)) : undefined)),
-      );
-      for (const [i, entry] of batch.entries()) {
-        const stat = stats[i];
-        if (entry.kind === "file") {
-          if (!stat) continue;
-          entry.kind = kindOf(stat);
-          entry.size = entry.kind === "file" ? stat.size : 0;
-        }
-        await visit(entry);
+      for (const entry of slice) {
+        if (entry.kind !== "file") continue;
+        const stat = lstatIfPresent(absolute(entry.path));
+        entry.kind = stat ? kindOf(stat) : "gone";
+        entry.size = stat && entry.kind === "file" ? stat.size : 0;
+      }
+      for (const entry of slice) {
+        if (entry.kind === "gone") continue;
+        await visit({ path: entry.path, kind: entry.kind, size: entry.size });
         if (entry.kind === "directory") await walkDirectory(entry.path);
       }
     }
   };
 
   await walkDirectory(undefined);
+}
+
+/** `parent/name` as bytes (Buffer.concat costs several times more for such small buffers, once per entry). */
+function joinPath(parent: Buffer, name: Buffer): Buffer {
+  const path = Buffer.allocUnsafe(parent.length + 1 + name.length);
+  path.set(parent, 0);
+  path[parent.length] = 0x2f;
+  path.set(name, parent.length + 1);
+  return path;
 }
 
 function kindOf(object: Dirent<Buffer> | Stats): EntryKind {
@@ -91,9 +110,9 @@ function kindOf(object: Dirent<Buffer> | Stats): EntryKind {
   return "other";
 }
 
-async function lstatIfPresent(path: Buffer): Promise<Stats | undefined> {
+function lstatIfPresent(path: Buffer): Stats | undefined {
   try {
-    return await lstat(path);
+    return lstatSync(path);
   } catch (error) {
     if (vanishedOrUnreadable(error)) return undefined;
     throw error;

@@ -94,7 +94,7 @@ export class InvalidArchiveError extends Error {
 }
 
 /** The largest chunk {@link PackedArchive.chunks} yields. */
-const maxChunkBytes = 1024 * 1024;
+const maxChunkBytes = 64 * 1024;
 /** The modification time of every entry of a reproducible archive: 2020-01-01T00:00:00Z, in seconds. */
 const reproducibleMtimeSeconds = Date.UTC(2020, 0, 1) / 1000;
 /** The zstd level; the CLI's default, and what `tar | zstd -3` makes. */

@@ -1,7 +1,6 @@
 import { join } from "node:path";
 import type { CoreConfig } from "../config.js";
 import { createFilesystemWorkspaceStore } from "./filesystem.js";
-import { createS3WorkspaceStore } from "./s3.js";
 import type { WorkspaceStore } from "./store.js";
 
 /** The workspace-store settings of core's configuration. */
@@ -29,6 +28,8 @@ export async function openWorkspaceStore(config: WorkspaceStoreConfig, dataDir: 
     config.s3SecretAccessKey ? undefined : "--s3-secret-access-key (DEVEX_S3_SECRET_ACCESS_KEY)",
   ].filter((name) => name !== undefined);
   if (missing.length > 0) throw new Error(`--workspace-store=s3 needs ${missing.join(" and ")}`);
+  // Loaded only when used: the AWS SDK is most of core's memory otherwise.
+  const { createS3WorkspaceStore } = await import("./s3.js");
   return createS3WorkspaceStore({
     ...(config.s3Endpoint ? { endpoint: config.s3Endpoint } : {}),
     region: config.s3Region,

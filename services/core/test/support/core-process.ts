@@ -25,13 +25,17 @@ export interface CoreProcess {
 }
 
 /** Starts core from its bundle with a fresh data directory (or `dataDir`), dev login and a dev API key. */
-export async function startCoreProcess(extraArgs: string[] = [], dataDir?: string): Promise<CoreProcess> {
+export async function startCoreProcess(
+  extraArgs: string[] = [],
+  dataDir?: string,
+  nodeOptions: string[] = [],
+): Promise<CoreProcess> {
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), "devex-core-test-")));
   const service = await spawnService(
     "services/core/dist/main.js",
     ["--repl-port", "0", "--data-dir", dir, "--dev-login", "--dev-api-key", "--log-level", "info", ...extraArgs],
     {},
-    [],
+    nodeOptions,
     "ready",
   );
   const replPort = Number(service.ready.replPort);
