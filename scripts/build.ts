@@ -1,9 +1,12 @@
 /**
  * `npm run build`: bundles each service's entry point into one ES module file
  * (`<service>/dist/main.js`) with esbuild, so services start fast and small on plain
- * Node: no TypeScript loader at run time. node-pty stays external (a native addon).
+ * Node: no TypeScript loader at run time. node-pty stays external (a native addon). Then
+ * builds the SDK package (`sdk/dist`, what `npm pack` ships) and the `devex` command line,
+ * which bundles it.
  */
 
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { build } from "esbuild";
 
@@ -31,4 +34,8 @@ for (const entry of entries) {
     },
     logLevel: "warning",
   });
+}
+
+for (const workspace of ["sdk", "cli"]) {
+  execFileSync("npm", ["run", "--silent", "build", "--workspace", workspace], { cwd: root, stdio: "inherit" });
 }

@@ -1,0 +1,306 @@
+import { create } from "@bufbuild/protobuf";
+import type { AttachResponse, StreamOutputResponse } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { type AttachRequest, AttachRequestSchema, SessionState } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { toExit } from "./convert.js";
+import { CancelledError } from "./errors.js";
+import { AsyncQueue } from "./internal/async-queue.js";
+import { allPages, type Context, sleep } from "./internal/context.js";
+import { Reattach } from "./internal/reattach.js";
+import { isUnauthenticated, type RunnerConnection } from "./internal/runner-connection.js";
+import type {
+  CallOptions,
+  ConnectTerminalOptions,
+  CreateTerminalOptions,
+  TerminalExit,
+  TerminalHandle,
+  TerminalInfo,
+  TerminalOutputOptions,
+  Terminals,
+} from "./types.js";
+
+const encoder = new TextEncoder();
+
+/** How long `disconnect` waits for the input already queued on an Attach stream to be sent, in ms. */
+const drainTimeoutMs = 1_000;
+
+type TerminalEvent = AttachResponse["event"] | StreamOutputResponse["event"];
+
+/** Where a stream's output starts: replay from an offset, or a screen snapshot. */
+interface StartAt {
+  fromOffset?: bigint;
+  screenSnapshot?: boolean;
+}
+
+/** Terminal sessions in a running repl, over TerminalService. */
+export class TerminalsModule implements Terminals {
+  constructor(
+    private readonly context: Context,
+    private readonly runner: RunnerConnection,
+  ) {}
+
+  async create(options: CreateTerminalOptions = {}): Promise<TerminalHandle> {
+    const { session } = await this.runner.call(
+      ({ terminals }, call) =>
+        terminals.createSession(
+          {
+            spec: {
+              command: options.command ?? [],
+              cwd: options.cwd ?? "",
+              env: options.env ?? {},
+              cols: options.cols ?? 0,
+              rows: options.rows ?? 0,
+            },
+          },
+          call,
+        ),
+      options.signal,
+    );
+    const handle = new TerminalSession(this.context, this.runner, session?.id ?? "", options);
+    await handle.attach({ fromOffset: 0n }, options.signal);
+    return handle;
+  }
+
+  async connect(sessionId: string, options: ConnectTerminalOptions = {}): Promise<TerminalHandle> {
+    const handle = new TerminalSession(this.context, this.runner, sessionId, options);
+    const startAt: StartAt =
+      options.fromOffset === undefined ? { screenSnapshot: true } : { fromOffset: BigInt(options.fromOffset) };
+    await handle.attach(startAt, options.signal);
+    return handle;
+  }
+
+  list(options: CallOptions = {}): Promise<TerminalInfo[]> {
+    return this.runner.call(
+      ({ terminals }, call) =>
+        allPages(async (pageToken) => {
+          const response = await terminals.listSessions({ pageToken, pageSize: 1000 }, call);
+          return {
+            items: response.sessions.map((session) => ({
+              id: session.id,
+              cols: session.cols,
+              rows: session.rows,
+              running: session.state === SessionState.RUNNING,
+              attachedClients: session.attachedClients,
+            })),
+            next: response.nextPageToken,
+          };
+        }),
+      options.signal,
+    );
+  }
+}
+
+/**
+ * One attached client of a session. Output comes from Attach (Node, HTTP/2) or StreamOutput (browsers); a
+ * dropped stream is reopened from the offset of the next byte not yet delivered, so `onData` receives every
+ * byte exactly once and in order. Input goes over the Attach stream while it is up, otherwise (and in
+ * browsers) through WriteInput with this client's id and a sequence number, so the runner applies each
+ * write once and in order.
+ */
+class TerminalSession implements TerminalHandle {
+  private nextOffset = 0n;
+  private input: AsyncQueue<AttachRequest> | undefined;
+  private readonly clientId = crypto.randomUUID();
+  private seq = 0n;
+  private writes: Promise<void> = Promise.resolve();
+  private readonly detach = new AbortController();
+  private detaching = false;
+  private readonly exit: Promise<TerminalExit>;
+  private settle!: { resolve: (exit: TerminalExit) => void; reject: (error: unknown) => void };
+
+  constructor(
+    private readonly context: Context,
+    private readonly runner: RunnerConnection,
+    readonly id: string,
+    private readonly output: TerminalOutputOptions,
+  ) {
+    this.exit = new Promise<TerminalExit>((resolve, reject) => {
+      this.settle = { resolve, reject };
+    });
+    this.exit.catch(() => {});
+  }
+
+  get offset(): number {
+    return Number(this.nextOffset);
+  }
+
+  /** Opens the first stream and resolves once attached; the rest is followed in the background. */
+  async attach(startAt: StartAt, signal: AbortSignal | undefined): Promise<void> {
+    let iterator: AsyncIterator<TerminalEvent>;
+    try {
+      iterator = await this.open(startAt, signal ? AbortSignal.any([signal, this.detach.signal]) : this.detach.signal);
+      const first = await iterator.next();
+      if (first.done || first.value.case !== "attached") throw new Error("the terminal stream did not attach");
+      this.handle(first.value);
+    } catch (error) {
+      this.detach.abort();
+      throw this.context.error(error, signal);
+    }
+    void this.follow(iterator);
+  }
+
+  /** A stream of the session's output from `startAt`: Attach where the transport has full duplex, else StreamOutput. */
+  private async open(startAt: StartAt, signal: AbortSignal): Promise<AsyncIterator<TerminalEvent>> {
+    const { terminals } = await this.runner.clients(signal);
+    const replay = {
+      screenSnapshot: startAt.screenSnapshot ?? false,
+      ...(startAt.fromOffset === undefined ? {} : { fromOffset: startAt.fromOffset }),
+    };
+    if (!this.context.platform.fullDuplex) {
+      const responses = terminals.streamOutput({ sessionId: this.id, ...replay }, { signal })[Symbol.asyncIterator]();
+      return {
+        next: async () => {
+          const next = await responses.next();
+          return next.done ? next : { done: false, value: next.value.event };
+        },
+      };
+    }
+    const requests = new AsyncQueue<AttachRequest>();
+    requests.push(
+      create(AttachRequestSchema, {
+        kind: { case: "open", value: { ...replay, target: { case: "sessionId", value: this.id } } },
+      }),
+    );
+    signal.addEventListener("abort", () => requests.close(), { once: true });
+    const responses = terminals.attach(requests, { signal })[Symbol.asyncIterator]();
+    const input = requests;
+    // Input uses this stream only once it is attached, and never after it failed.
+    return {
+      next: async () => {
+        try {
+          const next = await responses.next();
+          if (!next.done && next.value.event.case === "attached") this.input = input;
+          if (next.done) this.dropInput(input);
+          return next.done ? next : { done: false, value: next.value.event };
+        } catch (error) {
+          this.dropInput(input);
+          throw error;
+        }
+      },
+    };
+  }
+
+  private dropInput(input: AsyncQueue<AttachRequest>): void {
+    input.close();
+    if (this.input === input) this.input = undefined;
+  }
+
+  /** Reads streams until the program exits, reattaching from nextOffset after a drop. */
+  private async follow(first: AsyncIterator<TerminalEvent>): Promise<void> {
+    let iterator: AsyncIterator<TerminalEvent> | undefined = first;
+    const reattach = new Reattach(50, this.context.reconnectTimeoutMs, this.detach.signal);
+    for (;;) {
+      const streamAbort = new AbortController();
+      const signal = AbortSignal.any([this.detach.signal, streamAbort.signal]);
+      try {
+        iterator ??= await this.open({ fromOffset: this.nextOffset }, signal);
+        for (;;) {
+          const next = await iterator.next();
+          if (next.done) break;
+          if (next.value.case === "attached") reattach.attached();
+          const exit = this.handle(next.value);
+          if (exit) {
+            this.settle.resolve(exit);
+            // Ends this stream's request side too, so no call stays open.
+            this.detach.abort();
+            this.output.onExit?.(exit);
+            return;
+          }
+        }
+        iterator = undefined;
+        if (this.detaching) return this.settle.reject(new CancelledError("the handle was disconnected"));
+      } catch (error) {
+        iterator = undefined;
+        streamAbort.abort();
+        if (this.detach.signal.aborted || this.detaching) {
+          return this.settle.reject(new CancelledError("the handle was disconnected", { cause: error }));
+        }
+        if (isUnauthenticated(error)) this.runner.invalidate();
+        const mapped = this.context.error(error);
+        try {
+          await reattach.beforeRetry(mapped);
+        } catch (final) {
+          return this.settle.reject(final);
+        }
+      }
+    }
+  }
+
+  /** Applies one event; returns the exit when it is the last. */
+  private handle(event: TerminalEvent): TerminalExit | undefined {
+    switch (event.case) {
+      case "attached": {
+        const snapshot = event.value.snapshot;
+        if (snapshot && snapshot.data.length > 0) this.output.onData?.(snapshot.data);
+        this.nextOffset = event.value.offset;
+        return undefined;
+      }
+      case "output": {
+        const { data, offset } = event.value;
+        const end = offset + BigInt(data.length);
+        if (end <= this.nextOffset) return undefined;
+        const fresh = offset < this.nextOffset ? data.subarray(Number(this.nextOffset - offset)) : data;
+        this.nextOffset = end;
+        this.output.onData?.(fresh);
+        return undefined;
+      }
+      case "lagged":
+        if (event.value.snapshot) this.output.onData?.(event.value.snapshot.data);
+        this.nextOffset = event.value.resumeOffset;
+        return undefined;
+      case "exit":
+        return toExit(event.value.status);
+      default:
+        return undefined;
+    }
+  }
+
+  write(data: string | Uint8Array): Promise<void> {
+    const bytes = typeof data === "string" ? encoder.encode(data) : data;
+    // Chained, so that writes keep their order whichever way each one goes.
+    const write = this.writes.then(async () => {
+      if (this.input) {
+        this.input.push(create(AttachRequestSchema, { kind: { case: "input", value: { data: bytes } } }));
+        return;
+      }
+      this.seq += 1n;
+      const seq = this.seq;
+      await this.runner.call(
+        ({ terminals }, call) =>
+          terminals.writeInput({ sessionId: this.id, data: bytes, clientId: this.clientId, seq }, call),
+        undefined,
+      );
+    });
+    this.writes = write.catch(() => {});
+    return write;
+  }
+
+  async resize(cols: number, rows: number): Promise<void> {
+    await this.runner.call(
+      ({ terminals }, call) => terminals.resizeSession({ sessionId: this.id, cols, rows }, call),
+      undefined,
+    );
+  }
+
+  wait(): Promise<TerminalExit> {
+    return this.exit;
+  }
+
+  async disconnect(): Promise<void> {
+    await this.writes;
+    this.detaching = true;
+    const input = this.input;
+    this.input = undefined;
+    if (input) {
+      // The input already queued goes out before the stream is cut.
+      input.close();
+      await Promise.race([input.drained, sleep(drainTimeoutMs)]);
+    }
+    this.detach.abort();
+    await this.exit.catch(() => {});
+  }
+
+  async kill(): Promise<void> {
+    await this.runner.call(({ terminals }, call) => terminals.closeSession({ sessionId: this.id }, call), undefined);
+    await this.exit.catch(() => {});
+  }
+}
