@@ -58,10 +58,9 @@ export function formatBytes(bytes: number): string {
   return unit === 0 ? `${value} ${units[0]}` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
-/** When a repl was last in use: "now" while it runs, else when it last stopped (or changed). */
+/** When a repl was last in use: the last activity core saw, else when it last stopped, started or changed. */
 export function lastActive(repl: Repl, now: Date = new Date()): string {
-  if (repl.state === "running") return "now";
-  const at = repl.lastStoppedAt ?? repl.lastStartedAt ?? repl.updatedAt;
+  const at = repl.lastActiveAt ?? repl.lastStoppedAt ?? repl.lastStartedAt ?? repl.updatedAt;
   return formatRelativeTime(at, now);
 }
 
@@ -78,6 +77,7 @@ export function replToJson(repl: Repl): Record<string, unknown> {
     updatedAt: repl.updatedAt,
     lastStartedAt: repl.lastStartedAt,
     lastStoppedAt: repl.lastStoppedAt,
+    lastActiveAt: repl.lastActiveAt,
     idleTimeoutMs: repl.idleTimeoutMs,
     currentSnapshotId: repl.currentSnapshotId || undefined,
     labels: repl.labels,

@@ -1,7 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import { UploadRequestSchema } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
+import { sha256 } from "@noble/hashes/sha2.js";
+import { bytesToHex } from "@noble/hashes/utils.js";
 import { toFileEntry, toFsEvent } from "./convert.js";
-import { FailedPreconditionError, NotFoundError } from "./errors.js";
+import { DataLossError, FailedPreconditionError, NotFoundError } from "./errors.js";
 import { allPages, type Context } from "./internal/context.js";
 import type { RunnerConnection } from "./internal/runner-connection.js";
 import type { CallOptions, FileEntry, Filesystem, FsEvent } from "./types.js";
@@ -203,17 +205,32 @@ export class FilesystemModule implements Filesystem {
     const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
     let received = 0;
     let totalBytes = 0;
+    // Checked against the runner's trailer, so a damaged or cut-short download never passes as whole.
+    const hash = sha256.create();
+    let verified = false;
     try {
       const { files } = await this.runner.clients(signal);
       for await (const message of files.download({ path }, { signal })) {
         if (message.kind.case === "header") totalBytes = Number(message.kind.value.lengthBytes);
         if (message.kind.case === "chunk") {
           received += message.kind.value.length;
+          hash.update(message.kind.value);
           options.onProgress?.(received, totalBytes);
           yield message.kind.value;
         }
+        if (message.kind.case === "trailer") {
+          const actual = bytesToHex(hash.digest());
+          if (actual !== message.kind.value.sha256 || received !== totalBytes) {
+            throw new DataLossError(
+              `the download of ${path} arrived damaged: ${received} of ${totalBytes} bytes, SHA-256 ${actual}, the runner sent ${message.kind.value.sha256}`,
+            );
+          }
+          verified = true;
+        }
       }
+      if (!verified) throw new DataLossError(`the download of ${path} ended before its checksum: it is incomplete`);
     } catch (error) {
+      if (error instanceof DataLossError) throw error;
       throw this.context.error(error, options.signal);
     } finally {
       stop.abort();

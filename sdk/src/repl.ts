@@ -32,6 +32,8 @@ export class Repl {
   readonly lastStartedAt?: Date;
   /** When it last became stopped. */
   readonly lastStoppedAt?: Date;
+  /** The last activity core saw (terminal or process traffic, attached clients), if any. */
+  readonly lastActiveAt?: Date;
   /** How long it may run with no activity before it is stopped (saving first), in ms. */
   readonly idleTimeoutMs: number;
   /** What the next start restores. */
@@ -63,6 +65,8 @@ export class Repl {
     if (lastStartedAt) this.lastStartedAt = lastStartedAt;
     const lastStoppedAt = toOptionalDate(repl.lastStoppedAt);
     if (lastStoppedAt) this.lastStoppedAt = lastStoppedAt;
+    const lastActiveAt = toOptionalDate(repl.lastActiveAt);
+    if (lastActiveAt) this.lastActiveAt = lastActiveAt;
     this.idleTimeoutMs = repl.idleTimeoutMs;
     this.currentSnapshotId = repl.currentSnapshotId;
     this.labels = { ...repl.labels };

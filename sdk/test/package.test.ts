@@ -58,6 +58,7 @@ describe("the packed package", () => {
       "@connectrpc/connect",
       "@connectrpc/connect-node",
       "@connectrpc/connect-web",
+      "@noble/hashes",
     ]);
     const { stdout } = await exec("tar", ["-tzf", tarball]);
     expect(stdout).toContain("package/dist/index.js");

@@ -3,7 +3,15 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { AlreadyExistsError, CancelledError, Devex, type FsEvent, NotFoundError, type Repl } from "../src/index.js";
+import {
+  AlreadyExistsError,
+  CancelledError,
+  DataLossError,
+  Devex,
+  type FsEvent,
+  NotFoundError,
+  type Repl,
+} from "../src/index.js";
 import { type LiveCore, startLiveCore, uniqueName } from "./support/live.js";
 
 /** Runner tokens live 10 s here (the least core allows), so the test of their refresh is quick. */
@@ -16,6 +24,8 @@ let startedAt: number;
 // What the test interceptor sees and does: it runs after the SDK has set the runner token.
 const seen = { getReplAccess: 0, attach: 0, runnerTokens: new Set<string>() };
 let corruptNextRunnerToken = false;
+/** Makes the next Download arrive with one bit flipped. */
+let flipNextDownload = false;
 /** Attach streams to cut: each number is how many more messages the current stream gets before it drops. */
 const attachDrops: number[] = [];
 
@@ -31,6 +41,23 @@ const testInterceptor: Interceptor = (next) => async (req) => {
   }
   if (req.method.name === "Attach") seen.attach++;
   const res = await next(req);
+  if (res.stream && req.method.name === "Download" && flipNextDownload) {
+    flipNextDownload = false;
+    const original = res.message;
+    // One bit of the first chunk flips in transit.
+    async function* flipped() {
+      let first = true;
+      for await (const message of original) {
+        const value = message as { kind?: { case?: string; value?: unknown } };
+        if (first && value.kind?.case === "chunk" && value.kind.value instanceof Uint8Array) {
+          first = false;
+          value.kind.value[0] = (value.kind.value[0] ?? 0) ^ 1;
+        }
+        yield message;
+      }
+    }
+    return { ...res, message: flipped() };
+  }
   if (!res.stream || req.method.name !== "Attach") return res;
   const messages = res.message;
   // Once told to, the connection drops in the middle of the stream, as a network failure would end it.
@@ -160,6 +187,13 @@ describe("fs", () => {
     expect(received).toBe(content.length);
     expect(hash.digest("hex")).toBe(createHash("sha256").update(content).digest("hex"));
     expect(downloadProgress.length).toBeGreaterThan(1);
+
+    // A download damaged in transit is refused at its end: the runner's checksum does not match.
+    flipNextDownload = true;
+    const damaged = (async () => {
+      for await (const _chunk of repl.fs.download("big/blob.bin"));
+    })();
+    await expect(damaged).rejects.toBeInstanceOf(DataLossError);
 
     // An async iterable source (size unknown up front) works too.
     async function* pieces() {
