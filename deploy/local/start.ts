@@ -5,6 +5,10 @@
  * process per running repl, the dev login, and a dev admin API key printed at start.
  * Extra arguments go to core (`npm start -- --help` lists them). Ctrl-C stops core, which
  * stops every runner first.
+ *
+ * CORS stays off unless asked for (`npm start -- --cors-origins http://localhost:5173`). A
+ * default of `*` would let every web page the developer visits call this core, whose dev login
+ * needs no password; a browser app on the laptop names its own origin instead.
  */
 import { spawn } from "node:child_process";
 import { join } from "node:path";

@@ -134,6 +134,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     port: config.port,
     host: config.host,
     shutdownGraceMs: config.shutdownGraceMs,
+    ...(config.corsOrigins ? { cors: { origins: config.corsOrigins } } : {}),
     interceptors: [authenticate],
     routes(router) {
       router.service(
@@ -160,6 +161,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     logger,
     proxy,
     shutdownGraceMs: config.shutdownGraceMs,
+    ...(config.corsOrigins ? { cors: { origins: config.corsOrigins } } : {}),
   });
   const publicUrl = config.publicUrl ?? api.url;
   const replPublicUrl = config.replPublicUrl ?? replOrigin.url;

@@ -1,6 +1,7 @@
 import {
   booleanSchema,
   type ConfigOf,
+  corsOriginsSchema,
   durationMsSchema,
   integerSchema,
   oneOfSchema,
@@ -39,6 +40,13 @@ export const coreSettings = {
     env: "DEVEX_REPL_PUBLIC_URL",
     schema: optional(textSchema),
     description: "The URL people reach the repl origin at. Default http://<host>:<repl port>.",
+  }),
+  corsOrigins: setting({
+    flag: "cors-origins",
+    env: "DEVEX_CORS_ORIGINS",
+    schema: optional(corsOriginsSchema),
+    description:
+      "Web origins whose pages may call the API and the repl origin from a browser with a bearer token: comma-separated origins (https://app.example.com), or * for any. Default none (no CORS).",
   }),
   stateStore: setting({
     flag: "state-store",

@@ -301,3 +301,102 @@ describe("repl proxy", () => {
     console.log(`FilesystemService.Stat, ${rounds} sequential calls each:\n  ${lines.join("\n  ")}`);
   });
 });
+
+describe("repl origin CORS", () => {
+  const page = "http://app.example.test:5173";
+  let corsOrigin: Server;
+
+  beforeAll(async () => {
+    corsOrigin = await startReplOrigin({ port: 0, logger, proxy, shutdownGraceMs: 500, cors: { origins: [page] } });
+  });
+
+  afterAll(async () => {
+    await corsOrigin?.close(500);
+  });
+
+  /** A Connect client over HTTP/1.1 as a page of `page` has it, recording the response headers it gets. */
+  function fromPage<S extends DescService>(service: S, replId: string, seen: Headers[]) {
+    const interceptors: Interceptor[] = [
+      (next) => async (req) => {
+        req.header.set("authorization", `Bearer ${userToken}`);
+        req.header.set("origin", page);
+        const res = await next(req);
+        seen.push(res.header);
+        return res;
+      },
+    ];
+    return createClient(
+      service,
+      createConnectTransport({ baseUrl: `${corsOrigin.url}/${replId}`, httpVersion: "1.1", interceptors }),
+    );
+  }
+
+  it("answers the preflight itself, without going to the runner", async () => {
+    const res = await fetch(`${corsOrigin.url}/${unreachableReplId}/devex.runner.v1.FilesystemService/Stat`, {
+      method: "OPTIONS",
+      headers: {
+        origin: page,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,connect-protocol-version,content-type",
+      },
+    });
+    expect(res.status).toBe(204);
+    expect(res.headers.get("access-control-allow-origin")).toBe(page);
+    expect(res.headers.get("access-control-allow-headers")).toContain("Authorization");
+    expect(res.headers.get("access-control-allow-credentials")).toBeNull();
+  });
+
+  it("adds the CORS headers to proxied unary calls, server streams and errors, and streams still flow", async () => {
+    const seen: Headers[] = [];
+    const fs = fromPage(FilesystemService, runner.replId, seen);
+    expect((await fs.stat({ path: "." })).entry?.path).toBe(".");
+
+    const terminal = fromPage(TerminalService, runner.replId, seen);
+    const { session } = await terminal.createSession({ spec: { command: plainBash } });
+    const sessionId = session?.id ?? "";
+    const abort = new AbortController();
+    let text = "";
+    const reading = (async () => {
+      for await (const res of terminal.streamOutput({ sessionId }, { signal: abort.signal })) {
+        if (res.event.case === "output") text += new TextDecoder().decode(res.event.value.data);
+        if (text.includes("cors-42")) return;
+      }
+    })();
+    await until(async () => (await attachedClients()) === 1, "the stream to be attached");
+    await terminal.writeInput({ sessionId, data: new TextEncoder().encode("echo cors-$((6*7))\r") });
+    await reading;
+    abort.abort();
+    await terminal.closeSession({ sessionId, force: true });
+    expect(text).toContain("cors-42");
+
+    // Stat, CreateSession, StreamOutput, WriteInput, CloseSession: every response allows the page.
+    expect(seen).toHaveLength(5);
+    for (const header of seen) {
+      expect(header.get("access-control-allow-origin")).toBe(page);
+      expect(header.get("access-control-expose-headers")).toContain("Grpc-Status");
+    }
+
+    const unknown = await fetch(`${corsOrigin.url}/${newId("repl")}/devex.runner.v1.FilesystemService/Stat`, {
+      method: "POST",
+      headers: { origin: page, "content-type": "application/json" },
+      body: '{"path":"."}',
+    });
+    expect(unknown.status).toBe(404);
+    expect(unknown.headers.get("access-control-allow-origin")).toBe(page);
+  });
+
+  it("adds nothing for other origins, nor on an origin without CORS", async () => {
+    for (const [url, from] of [
+      [corsOrigin.url, "https://evil.example"],
+      [origin.url, page],
+    ] as const) {
+      const res = await fetch(`${url}/${runner.replId}/devex.runner.v1.FilesystemService/Stat`, {
+        method: "POST",
+        headers: { origin: from, "content-type": "application/json", authorization: `Bearer ${userToken}` },
+        body: '{"path":"."}',
+      });
+      expect(res.status).toBe(200);
+      expect(res.headers.get("access-control-allow-origin")).toBeNull();
+    }
+  });
+});

@@ -1,5 +1,6 @@
 export * from "./archive.js";
 export * from "./config.js";
+export * from "./cors.js";
 export * from "./health.js";
 export * from "./logging.js";
 export * from "./main.js";

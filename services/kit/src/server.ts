@@ -12,6 +12,7 @@ import {
 import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import type { Logger } from "pino";
+import { type CorsOptions, createCorsHandler } from "./cors.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
 import { createLoggingInterceptor } from "./logging.js";
 import { createRpcMetrics, type RpcMetrics } from "./metrics.js";
@@ -58,6 +59,12 @@ export interface ServerOptions {
    * latency, and file chunks, which are often compressed already.
    */
   compression?: boolean;
+  /**
+   * Lets pages of other origins call the server from a browser with a bearer token:
+   * preflights are answered before routing and responses carry the CORS headers. Default
+   * none: no CORS headers, browsers allow same-origin calls only.
+   */
+  cors?: CorsOptions;
 }
 
 /** A running server. */
@@ -139,6 +146,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     }
   }
 
+  const applyCors = options.cors ? createCorsHandler(options.cors) : undefined;
   let open = 0;
   const track = (req: HttpRequest, res: HttpResponse) => {
     open++;
@@ -151,6 +159,7 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     };
     res.once("close", finish);
     res.once("finish", finish);
+    if (applyCors?.(req, res)) return;
     handler(req, res);
   };
 

@@ -13,7 +13,14 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, endStreamFlag, endStreamToJson, errorToJson } from "@connectrpc/connect/protocol-connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
-import { type HttpFallback, type HttpRequest, type HttpResponse, type Server, startServer } from "@devex/kit";
+import {
+  type CorsOptions,
+  type HttpFallback,
+  type HttpRequest,
+  type HttpResponse,
+  type Server,
+  startServer,
+} from "@devex/kit";
 import type { Logger } from "pino";
 
 /** A path on the repl origin: `/<repl id>` and the rest, which goes to the runner. */
@@ -256,6 +263,8 @@ export interface ReplOriginOptions {
   proxy: ReplProxy;
   /** How long shutdown lets proxied calls finish before cutting them, in ms. Default 10000. */
   shutdownGraceMs?: number;
+  /** Web origins allowed to call repls from a browser (preflights are answered here, not by runners). Default none. */
+  cors?: CorsOptions;
 }
 
 /**
@@ -269,12 +278,16 @@ export function startReplOrigin(options: ReplOriginOptions): Promise<Server> {
     port: options.port,
     ...(options.host !== undefined ? { host: options.host } : {}),
     ...(options.shutdownGraceMs !== undefined ? { shutdownGraceMs: options.shutdownGraceMs } : {}),
+    ...(options.cors !== undefined ? { cors: options.cors } : {}),
     routes: () => {},
     fallback: options.proxy.handle,
   });
 }
 
-/** The headers of a request or response minus pseudo-headers and hop-by-hop ones (`te: trailers` stays). */
+/**
+ * The headers of a request or response minus pseudo-headers, hop-by-hop and CORS ones
+ * (`te: trailers` stays).
+ */
 function endToEndHeaders(incoming: http2.IncomingHttpHeaders): http2.OutgoingHttpHeaders {
   const listed = new Set(
     String(incoming.connection ?? "")
@@ -286,6 +299,8 @@ function endToEndHeaders(incoming: http2.IncomingHttpHeaders): http2.OutgoingHtt
   for (const [name, value] of Object.entries(incoming)) {
     if (value === undefined || name.startsWith(":")) continue;
     if (hopByHopHeaders.has(name) || name.startsWith("proxy-") || listed.has(name)) continue;
+    // The repl origin's CORS policy applies, never a runner's.
+    if (name.startsWith("access-control-")) continue;
     out[name] = value;
   }
   if (/(^|,)\s*trailers\s*(,|;|$)/i.test(String(incoming.te ?? ""))) out.te = "trailers";
