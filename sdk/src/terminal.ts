@@ -29,6 +29,8 @@ type TerminalEvent = AttachResponse["event"] | StreamOutputResponse["event"];
 interface StartAt {
   fromOffset?: bigint;
   screenSnapshot?: boolean;
+  /** Resize the session to this before attaching (the first open of connect). */
+  size?: { cols: number; rows: number };
 }
 
 /** Terminal sessions in a running repl, over TerminalService. */
@@ -64,6 +66,8 @@ export class TerminalsModule implements Terminals {
     const handle = new TerminalSession(this.context, this.runner, sessionId, options);
     const startAt: StartAt =
       options.fromOffset === undefined ? { screenSnapshot: true } : { fromOffset: BigInt(options.fromOffset) };
+    if (options.cols !== undefined && options.rows !== undefined)
+      startAt.size = { cols: options.cols, rows: options.rows };
     await handle.attach(startAt, options.signal);
     return handle;
   }
@@ -146,6 +150,8 @@ class TerminalSession implements TerminalHandle {
       ...(startAt.fromOffset === undefined ? {} : { fromOffset: startAt.fromOffset }),
     };
     if (!this.context.platform.fullDuplex) {
+      // StreamOutput takes no size: the session is resized first.
+      if (startAt.size) await terminals.resizeSession({ sessionId: this.id, ...startAt.size }, { signal });
       const responses = terminals.streamOutput({ sessionId: this.id, ...replay }, { signal })[Symbol.asyncIterator]();
       return {
         next: async () => {
@@ -157,7 +163,7 @@ class TerminalSession implements TerminalHandle {
     const requests = new AsyncQueue<AttachRequest>();
     requests.push(
       create(AttachRequestSchema, {
-        kind: { case: "open", value: { ...replay, target: { case: "sessionId", value: this.id } } },
+        kind: { case: "open", value: { ...replay, ...startAt.size, target: { case: "sessionId", value: this.id } } },
       }),
     );
     signal.addEventListener("abort", () => requests.close(), { once: true });

@@ -355,6 +355,13 @@ export interface CreateTerminalOptions extends TerminalOutputOptions, CallOption
 export interface ConnectTerminalOptions extends TerminalOutputOptions, CallOptions {
   /** replay from this output offset; default: the current screen */
   fromOffset?: number;
+  /**
+   * Resize the session to this width before attaching (set with `rows`), so the screen is drawn at the
+   * caller's size from the first byte; default: the session keeps its size.
+   */
+  cols?: number;
+  /** Resize the session to this height before attaching (set with `cols`). */
+  rows?: number;
 }
 
 /** A terminal session's summary. */

@@ -292,6 +292,14 @@ describe("terminal", () => {
     const third = await repl.terminal.connect(handle.id, { onData: (d) => (screen += text(d)) });
     await until(() => screen.includes("missed-2"), "the screen snapshot");
     await third.disconnect();
+
+    // Connecting with a size resizes the session before anything is replayed.
+    const sized = await repl.terminal.connect(handle.id, { cols: 91, rows: 21 });
+    expect((await repl.terminal.list()).find((session) => session.id === handle.id)).toMatchObject({
+      cols: 91,
+      rows: 21,
+    });
+    await sized.disconnect();
     await again.kill();
     expect(await again.wait()).toHaveProperty("exitCode");
   });

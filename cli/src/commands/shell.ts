@@ -31,10 +31,10 @@ export async function shell(ctx: CommandContext, idOrName: string, options: Shel
   const onData = (data: Uint8Array) => {
     stdout.write(data);
   };
+  // A reattached session is resized before its screen is replayed, so it is drawn at this terminal's size.
   const handle: TerminalHandle = options.session
-    ? await repl.terminal.connect(options.session, { onData })
+    ? await repl.terminal.connect(options.session, { ...size(), onData })
     : await repl.terminal.create({ ...size(), onData });
-  if (options.session) await handle.resize(size().cols, size().rows);
 
   const terminal = takeOverTerminal(stdin);
   let detach: () => void = () => {};
