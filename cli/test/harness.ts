@@ -38,10 +38,10 @@ export interface RunResult {
   stderr: string;
 }
 
-/** Starts core, builds the CLI and makes a fresh home directory. */
-export async function startCliHarness(): Promise<CliHarness> {
+/** Starts core (with `coreArgs`), builds the CLI and makes a fresh home directory. */
+export async function startCliHarness(coreArgs: string[] = []): Promise<CliHarness> {
   const [core, bundle, home] = await Promise.all([
-    startCoreProcess(),
+    startCoreProcess(coreArgs),
     buildCli(),
     mkdtemp(join(tmpdir(), "devex-cli-home-")),
   ]);
