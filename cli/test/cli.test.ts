@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -152,8 +152,19 @@ describe("repls", () => {
     expect((await h.devex(["cp", join(work, "tree"), "alpha:/"])).status).toBe(2); // a directory needs -r
     expect((await h.devex(["cp", "-r", join(work, "tree"), "alpha:/"])).status).toBe(0);
     expect((await h.devex(["exec", "alpha", "--", "cat", "tree/a.txt", "tree/sub/b.txt"])).stdout).toBe("A\nB\n");
-    expect((await h.devex(["cp", "-r", "alpha:/tree", join(work, "copy")])).status).toBe(0);
+    // A local symlink cannot be made in the repl: it is left out, and said so.
+    await symlink("a.txt", join(work, "tree", "link.txt"));
+    const withLink = await h.devex(["cp", "-r", join(work, "tree"), "alpha:/"]);
+    expect(withLink.status).toBe(0);
+    expect(withLink.stderr).toContain("left out 1 symlink(s)");
+    expect(withLink.stderr).toContain("link.txt");
+    // A symlink in the repl comes down as a link, never followed.
+    await h.devex(["exec", "alpha", "--", "ln", "-s", "sub/b.txt", "tree/to-b"]);
+    const copied = await h.devex(["cp", "-r", "alpha:/tree", join(work, "copy"), "--json"]);
+    expect(copied.status).toBe(0);
+    expect(JSON.parse(copied.stdout)).toMatchObject({ symlinks: 1 });
     expect(await readFile(join(work, "copy", "sub", "b.txt"), "utf8")).toBe("B\n");
+    expect(await readlink(join(work, "copy", "to-b"))).toBe("sub/b.txt");
 
     const missing = await h.devex(["cp", "alpha:/no/such/file", work]);
     expect(missing.status).toBe(1);

@@ -1,12 +1,12 @@
 import { createReadStream, createWriteStream } from "node:fs";
-import { chmod, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, readdir, rename, rm, stat, symlink } from "node:fs/promises";
 import { basename, join, posix } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { NotFoundError, type Repl } from "@devex/sdk";
 import { CliError, UsageError } from "../cli-error.js";
 import type { CommandContext } from "../context.js";
 import { type Location, parseLocation } from "../location.js";
-import { printJson } from "../output.js";
+import { printJson, printNotice } from "../output.js";
 import { createProgressBar, type ProgressBar } from "../progress.js";
 
 /** Options of `devex cp`. */
@@ -20,6 +20,8 @@ interface CopyResult {
   destination: string;
   files: number;
   bytes: number;
+  /** Symlinks: made again on the local disk when downloading; left out of uploads (the repl's file API makes no links). */
+  symlinks: number;
 }
 
 /** A file to move, with where it goes. */
@@ -75,6 +77,7 @@ async function upload(
 
   const directories: string[] = [];
   const transfers: Transfer[] = [];
+  const skippedLinks: string[] = [];
   if (source.isDirectory()) {
     directories.push(target);
     for (const entry of await readdir(localPath, { recursive: true, withFileTypes: true })) {
@@ -82,6 +85,7 @@ async function upload(
       const relative = local.slice(localPath.length).split("/").filter(Boolean).join("/");
       const to = posix.join(target, relative);
       if (entry.isDirectory()) directories.push(to);
+      else if (entry.isSymbolicLink()) skippedLinks.push(relative);
       else if (entry.isFile()) {
         const info = await stat(local);
         transfers.push({ from: local, to, sizeBytes: info.size, mode: info.mode & 0o777 });
@@ -105,7 +109,13 @@ async function upload(
     bar.update(doneBytes, totalBytes);
   }
   bar.finish();
-  return { files: transfers.length, bytes: totalBytes };
+  if (skippedLinks.length > 0) {
+    printNotice(
+      ctx.output,
+      `devex: left out ${skippedLinks.length} symlink(s), which the repl's file API cannot make: ${skippedLinks.slice(0, 5).join(", ")}${skippedLinks.length > 5 ? ", ..." : ""}`,
+    );
+  }
+  return { files: transfers.length, bytes: totalBytes, symlinks: 0 };
 }
 
 async function download(
@@ -125,6 +135,7 @@ async function download(
   const target = into ? join(localPath, name) : localPath;
 
   const transfers: Transfer[] = [];
+  let links = 0;
   if (source.type === "directory") {
     await mkdir(target, { recursive: true });
     const walk = async (remoteDirectory: string, localDirectory: string): Promise<void> => {
@@ -136,6 +147,11 @@ async function download(
           await walk(from, to);
         } else if (entry.type === "file") {
           transfers.push({ from, to, sizeBytes: entry.sizeBytes, mode: entry.mode & 0o777 });
+        } else if (entry.type === "symlink") {
+          // Copied as a link, never followed (as cp -R does).
+          await rm(to, { force: true });
+          await symlink(entry.symlinkTarget, to);
+          links++;
         }
       }
     };
@@ -165,7 +181,7 @@ async function download(
     bar.update(doneBytes, totalBytes);
   }
   bar.finish();
-  return { files: transfers.length, bytes: totalBytes };
+  return { files: transfers.length, bytes: totalBytes, symlinks: links };
 }
 
 async function isRemoteDirectory(repl: Repl, path: string): Promise<boolean> {
