@@ -287,6 +287,49 @@ describe("WriteFile", () => {
     expect(leftovers(dir)).toEqual([]);
   });
 
+  it("appends parts in order with expected_version, to an existing file only, never through a link out", async () => {
+    const dir = fresh();
+    const first = await client.writeFile({ path: `${dir}/parts.bin`, content: text("one-") });
+    const inode = fs.statSync(abs(`${dir}/parts.bin`)).ino;
+    const second = await client.writeFile({
+      path: `${dir}/parts.bin`,
+      content: text("two-"),
+      append: true,
+      condition: { case: "expectedVersion", value: first.entry?.version ?? "" },
+    });
+    expect(second).toMatchObject({ created: false, entry: { sizeBytes: 8n } });
+    // The same part again, against the version it was meant for, is refused: nothing is appended twice.
+    expect(
+      await codeOf(() =>
+        client.writeFile({
+          path: `${dir}/parts.bin`,
+          content: text("two-"),
+          append: true,
+          condition: { case: "expectedVersion", value: first.entry?.version ?? "" },
+        }),
+      ),
+    ).toBe(Code.FailedPrecondition);
+    await client.writeFile({ path: `${dir}/parts.bin`, content: text("three"), append: true });
+    expect(fs.readFileSync(abs(`${dir}/parts.bin`), "utf8")).toBe("one-two-three");
+    expect(fs.statSync(abs(`${dir}/parts.bin`)).ino).toBe(inode);
+
+    expect(await codeOf(() => client.writeFile({ path: `${dir}/missing`, content: text("x"), append: true }))).toBe(
+      Code.NotFound,
+    );
+    expect(await codeOf(() => client.writeFile({ path: dir, content: text("x"), append: true }))).toBe(
+      Code.FailedPrecondition,
+    );
+    expect(
+      await codeOf(() => client.writeFile({ path: `${dir}/parts.bin`, content: text("x"), append: true, mode: 0o600 })),
+    ).toBe(Code.InvalidArgument);
+    fs.symlinkSync("/etc/hostname", abs(`${dir}/out`));
+    const before = fs.readFileSync("/etc/hostname", "utf8");
+    expect(await codeOf(() => client.writeFile({ path: `${dir}/out`, content: text("x"), append: true }))).toBe(
+      Code.PermissionDenied,
+    );
+    expect(fs.readFileSync("/etc/hostname", "utf8")).toBe(before);
+  });
+
   it("sets an explicit mode exactly, and keeps an existing file's mode when mode is 0", async () => {
     const dir = fresh();
     await client.writeFile({ path: `${dir}/secret`, content: text("s"), mode: 0o600 });

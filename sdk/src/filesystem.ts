@@ -3,7 +3,7 @@ import { UploadRequestSchema } from "@devex/gen/devex/runner/v1/filesystem_pb.js
 import { sha256 } from "@noble/hashes/sha2.js";
 import { bytesToHex } from "@noble/hashes/utils.js";
 import { toFileEntry, toFsEvent } from "./convert.js";
-import { DataLossError, FailedPreconditionError, NotFoundError } from "./errors.js";
+import { DataLossError, NotFoundError } from "./errors.js";
 import { allPages, type Context } from "./internal/context.js";
 import type { RunnerConnection } from "./internal/runner-connection.js";
 import type { CallOptions, FileEntry, Filesystem, FsEvent } from "./types.js";
@@ -161,16 +161,7 @@ export class FilesystemModule implements Filesystem {
   ): Promise<FileEntry> {
     const { mode = 0, createParents = false, onProgress, signal } = options;
     const totalBytes = source instanceof Uint8Array ? source.length : undefined;
-    if (!this.context.platform.fullDuplex) {
-      // Browsers cannot stream a request body: the content goes in one WriteFile.
-      const content = await collect(source);
-      if (content.length > unaryLimitBytes) {
-        throw new FailedPreconditionError("uploads over 4 MiB need a streaming transport (Node)");
-      }
-      const entry = await this.write(path, content, { mode, createParents, ...(signal ? { signal } : {}) });
-      onProgress?.(content.length, content.length);
-      return entry;
-    }
+    if (!this.context.platform.fullDuplex) return this.uploadInParts(path, source, options);
     const sha256 = source instanceof Uint8Array ? await sha256Hex(source) : "";
     async function* requests() {
       yield create(UploadRequestSchema, {
@@ -195,6 +186,63 @@ export class FilesystemModule implements Filesystem {
     // Not bounded by requestTimeoutMs: an upload takes as long as its size needs.
     const { entry } = await this.runner.call(({ files }, call) => files.upload(requests(), call), signal, undefined);
     return toFileEntry(entry);
+  }
+
+  /**
+   * An upload without a streaming request body (browsers): parts of up to 4 MiB, the first written
+   * and the rest appended (each against the version the previous part left, so none lands twice or
+   * out of order) under a temporary name beside the target, which is then moved into place; on
+   * failure the temporary file is removed.
+   */
+  private async uploadInParts(
+    path: string,
+    source: Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
+    options: {
+      mode?: number;
+      createParents?: boolean;
+      onProgress?: (bytes: number, totalBytes?: number) => void;
+    } & CallOptions,
+  ): Promise<FileEntry> {
+    const { mode = 0, createParents = false, onProgress, signal } = options;
+    const totalBytes = source instanceof Uint8Array ? source.length : undefined;
+    const slash = path.lastIndexOf("/");
+    const temporary = `${path.slice(0, slash + 1)}.${path.slice(slash + 1)}.devex-upload-${crypto.randomUUID()}`;
+    let version: string | undefined;
+    let sent = 0;
+    try {
+      for await (const part of inParts(source, unaryLimitBytes)) {
+        const { entry } = await this.runner.call(
+          ({ files }, call) =>
+            files.writeFile(
+              version === undefined
+                ? { path: temporary, content: part, mode, createParents }
+                : {
+                    path: temporary,
+                    content: part,
+                    append: true,
+                    condition: { case: "expectedVersion", value: version },
+                  },
+              call,
+            ),
+          signal,
+        );
+        version = entry?.version ?? "";
+        sent += part.length;
+        onProgress?.(sent, totalBytes);
+      }
+      if (version === undefined) {
+        // An empty source: an empty file.
+        await this.runner.call(
+          ({ files }, call) => files.writeFile({ path: temporary, mode, createParents }, call),
+          signal,
+        );
+      }
+      await this.move(temporary, path, { overwrite: true, ...(signal ? { signal } : {}) });
+    } catch (error) {
+      await this.remove(temporary).catch(() => {});
+      throw error;
+    }
+    return this.stat(path, signal ? { signal } : {});
   }
 
   async *download(
@@ -238,6 +286,42 @@ export class FilesystemModule implements Filesystem {
   }
 }
 
+/** The source as parts of exactly `size` bytes (the last may be shorter), for uploads in parts. */
+async function* inParts(
+  source: Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
+  size: number,
+): AsyncIterable<Uint8Array> {
+  let held: Uint8Array[] = [];
+  let heldBytes = 0;
+  for await (const chunk of source instanceof Uint8Array ? [source] : iterate(source)) {
+    let rest = chunk;
+    while (heldBytes + rest.length >= size) {
+      const take = size - heldBytes;
+      held.push(rest.subarray(0, take));
+      yield concat(held, size);
+      held = [];
+      heldBytes = 0;
+      rest = rest.subarray(take);
+    }
+    if (rest.length > 0) {
+      held.push(rest);
+      heldBytes += rest.length;
+    }
+  }
+  if (heldBytes > 0) yield concat(held, heldBytes);
+}
+
+function concat(parts: Uint8Array[], length: number): Uint8Array {
+  if (parts.length === 1 && parts[0]?.length === length) return parts[0];
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
 /** The source as chunks of at most uploadChunkBytes. */
 async function* rechunk(
   source: Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
@@ -266,21 +350,6 @@ async function* iterate(source: AsyncIterable<Uint8Array> | ReadableStream<Uint8
   } finally {
     reader.releaseLock();
   }
-}
-
-async function collect(
-  source: Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
-): Promise<Uint8Array> {
-  if (source instanceof Uint8Array) return source;
-  const chunks: Uint8Array[] = [];
-  for await (const chunk of iterate(source)) chunks.push(chunk);
-  const joined = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    joined.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return joined;
 }
 
 /** The SHA-256 of the bytes as lowercase hex, with Web Crypto (Node and browsers alike). */

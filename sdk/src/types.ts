@@ -207,7 +207,8 @@ export interface Filesystem {
   watch(path: string, options?: { recursive?: boolean } & CallOptions): AsyncIterable<FsEvent>;
   /**
    * Writes a file of any size as a stream, atomically. `onProgress` receives the bytes sent so far and the
-   * total when known. Browsers cannot stream request bodies: there the content must fit in 4 MiB.
+   * total when known. Browsers cannot stream request bodies: there it goes in parts of up to 4 MiB, written
+   * under a temporary name beside the target and moved into place once complete.
    */
   upload(
     path: string,

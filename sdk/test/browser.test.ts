@@ -89,6 +89,12 @@ describe("the SDK in a real browser", () => {
     expect(result.startedState).toBe("running");
     expect(result.fileText).toBe("written in Chromium");
     expect(result.terminalOutput).toContain("browser-42");
+    expect(result.upload).toEqual({
+      sizeBytes: 9 * 1024 * 1024 + 7,
+      identical: true,
+      progressReports: 3,
+      leftovers: [],
+    });
     expect(result.stoppedState).toBe("stopped");
     expect(result.deleted).toBe(true);
     // The page is on another origin than core's API and repl origin: every call went through CORS.

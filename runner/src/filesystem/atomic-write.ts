@@ -142,3 +142,39 @@ export class PendingFile {
     await unlink(this.target.dir.entry(this.tempName)).catch(() => {});
   }
 }
+
+/**
+ * Appends `content` to the existing regular file at `target` (WriteFile with `append`): opened
+ * without following a symlink, checked to be the very file that was resolved (a file swapped in
+ * meanwhile is refused with ABORTED), written, made durable. The condition is checked before,
+ * against the file as resolved.
+ */
+export async function appendToFile(
+  target: Located,
+  content: Uint8Array,
+  condition: WriteCondition,
+): Promise<BigIntStats> {
+  const stats = target.stats;
+  if (!stats) throw pathError(Code.NotFound, target.display, "does not exist (append needs an existing file)");
+  checkWriteTarget(target, stats, condition);
+  if (!stats.isFile()) throw pathError(Code.FailedPrecondition, target.display, "is not a regular file");
+  let handle: FileHandle | undefined;
+  try {
+    handle = await open(target.path, constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW);
+    const opened = await handle.stat({ bigint: true });
+    if (opened.ino !== stats.ino || opened.dev !== stats.dev) {
+      throw pathError(Code.Aborted, target.display, "was replaced while it was being appended to");
+    }
+    let offset = 0;
+    while (offset < content.byteLength) {
+      const { bytesWritten } = await handle.write(content, offset, content.byteLength - offset);
+      offset += bytesWritten;
+    }
+    await handle.sync();
+    return await handle.stat({ bigint: true });
+  } catch (error) {
+    throw toConnectError(error, target.display);
+  } finally {
+    await handle?.close();
+  }
+}

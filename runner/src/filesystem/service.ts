@@ -12,7 +12,7 @@ import {
   WriteFileResponseSchema,
 } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { assertAcceptingWork, type RunnerContext } from "../context.js";
-import { checkWriteTarget, PendingFile, type WriteCondition } from "./atomic-write.js";
+import { appendToFile, checkWriteTarget, PendingFile, type WriteCondition } from "./atomic-write.js";
 import { type CopyTally, copyEntry } from "./copy.js";
 import { describeEntry, entryFromStats } from "./entry.js";
 import { errnoOf, pathError, toConnectError } from "./errors.js";
@@ -92,6 +92,19 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
         assertAcceptingWork(ctx);
         const condition = req.condition as WriteCondition;
         const mustNotExist = condition.case === "mustNotExist" && condition.value;
+        if (req.append) {
+          if (mustNotExist || req.mode !== 0) {
+            throw new ConnectError("append cannot be combined with must_not_exist or a mode", Code.InvalidArgument);
+          }
+          return resolver.with(req.path, { follow: true }, async (target) => {
+            const stats = await appendToFile(target, req.content, condition);
+            ctx.activity.touch();
+            return create(WriteFileResponseSchema, {
+              entry: entryFromStats(target.rel, target.name, stats),
+              created: false,
+            });
+          });
+        }
         // must_not_exist refuses a symlink at the path; otherwise a symlink's target is written.
         return resolver.with(req.path, { follow: !mustNotExist, createParents: req.createParents }, async (target) => {
           checkWriteTarget(target, target.stats, condition);

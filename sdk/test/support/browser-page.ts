@@ -13,6 +13,8 @@ export interface BrowserPageResult {
   startedState?: string;
   fileText?: string;
   terminalOutput?: string;
+  /** A 9 MiB upload (parts, then a move) read back: its size, whether the bytes match, the progress reports. */
+  upload?: { sizeBytes: number; identical: boolean; progressReports: number; leftovers: string[] };
   stoppedState?: string;
   deleted?: boolean;
 }
@@ -27,6 +29,25 @@ async function run(): Promise<BrowserPageResult> {
   const repl = await created.start();
   await repl.fs.write("from-browser.txt", "written in Chromium");
   const fileText = await repl.fs.readText("from-browser.txt");
+
+  // More than one request body can carry: the SDK sends it in parts and moves it into place.
+  const big = new Uint8Array(9 * 1024 * 1024 + 7);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 31 + (i >> 12)) & 0xff;
+  let progressReports = 0;
+  const uploaded = await repl.fs.upload("uploads/big.bin", big, {
+    createParents: true,
+    onProgress: () => progressReports++,
+  });
+  let identical = true;
+  let at = 0;
+  for await (const chunk of repl.fs.download("uploads/big.bin")) {
+    for (let i = 0; i < chunk.length; i++) if (chunk[i] !== big[at + i]) identical = false;
+    at += chunk.length;
+  }
+  identical &&= at === big.length;
+  const leftovers = (await repl.fs.list("uploads", { includeHidden: true }))
+    .map((entry) => entry.name)
+    .filter((name) => name !== "big.bin");
 
   let terminalOutput = "";
   const echoed = Promise.withResolvers<void>();
@@ -51,6 +72,7 @@ async function run(): Promise<BrowserPageResult> {
     startedState: repl.state,
     fileText,
     terminalOutput,
+    upload: { sizeBytes: uploaded.sizeBytes, identical, progressReports, leftovers },
     stoppedState: stopped.state,
     deleted,
   };
