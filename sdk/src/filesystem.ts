@@ -6,7 +6,7 @@ import { toFileEntry, toFsEvent } from "./convert.js";
 import { DataLossError, NotFoundError } from "./errors.js";
 import { allPages, type Context } from "./internal/context.js";
 import type { RunnerConnection } from "./internal/runner-connection.js";
-import type { CallOptions, FileEntry, Filesystem, FsEvent } from "./types.js";
+import type { CallOptions, FileEntry, Filesystem, FsEvent, UploadOptions } from "./types.js";
 
 /** The most a unary read or write carries (the runner's limit); larger content streams. */
 const unaryLimitBytes = 4 * 1024 * 1024;
@@ -153,16 +153,12 @@ export class FilesystemModule implements Filesystem {
   async upload(
     path: string,
     source: Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
-    options: {
-      mode?: number;
-      createParents?: boolean;
-      onProgress?: (bytes: number, totalBytes?: number) => void;
-    } & CallOptions = {},
+    options: UploadOptions = {},
   ): Promise<FileEntry> {
     const { mode = 0, createParents = false, onProgress, signal } = options;
     const totalBytes = source instanceof Uint8Array ? source.length : undefined;
     if (!this.context.platform.fullDuplex) return this.uploadInParts(path, source, options);
-    const sha256 = source instanceof Uint8Array ? await sha256Hex(source) : "";
+    const checksum = source instanceof Uint8Array ? bytesToHex(sha256(source)) : "";
     async function* requests() {
       yield create(UploadRequestSchema, {
         kind: {
@@ -171,7 +167,7 @@ export class FilesystemModule implements Filesystem {
             path,
             mode,
             createParents,
-            sha256,
+            sha256: checksum,
             ...(totalBytes === undefined ? {} : { sizeBytes: BigInt(totalBytes) }),
           },
         },
@@ -197,11 +193,7 @@ export class FilesystemModule implements Filesystem {
   private async uploadInParts(
     path: string,
     source: Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
-    options: {
-      mode?: number;
-      createParents?: boolean;
-      onProgress?: (bytes: number, totalBytes?: number) => void;
-    } & CallOptions,
+    options: UploadOptions,
   ): Promise<FileEntry> {
     const { mode = 0, createParents = false, onProgress, signal } = options;
     const totalBytes = source instanceof Uint8Array ? source.length : undefined;
@@ -350,10 +342,4 @@ async function* iterate(source: AsyncIterable<Uint8Array> | ReadableStream<Uint8
   } finally {
     reader.releaseLock();
   }
-}
-
-/** The SHA-256 of the bytes as lowercase hex, with Web Crypto (Node and browsers alike). */
-async function sha256Hex(data: Uint8Array): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>));
-  return Array.from(digest, (byte) => byte.toString(16).padStart(2, "0")).join("");
 }

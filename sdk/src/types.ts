@@ -213,11 +213,7 @@ export interface Filesystem {
   upload(
     path: string,
     source: Uint8Array | AsyncIterable<Uint8Array> | ReadableStream<Uint8Array>,
-    options?: {
-      mode?: number;
-      createParents?: boolean;
-      onProgress?: (bytes: number, totalBytes?: number) => void;
-    } & CallOptions,
+    options?: UploadOptions,
   ): Promise<FileEntry>;
   /** Reads a file of any size as a stream of chunks; `onProgress` receives the bytes received and the total. */
   download(
@@ -363,6 +359,16 @@ export interface ConnectTerminalOptions extends TerminalOutputOptions, CallOptio
   cols?: number;
   /** Resize the session to this height before attaching (set with `cols`). */
   rows?: number;
+}
+
+/** Options of {@link Filesystem.upload}. */
+export interface UploadOptions extends CallOptions {
+  /** The permission bits of the file; 0 (default) keeps an existing file's, 0644 for a new one. */
+  mode?: number;
+  /** Create missing parent directories. */
+  createParents?: boolean;
+  /** Called with the bytes sent so far and the total when it is known. */
+  onProgress?: (bytes: number, totalBytes?: number) => void;
 }
 
 /** A terminal session's summary. */

@@ -1,5 +1,5 @@
 import { resolve } from "node:path";
-import { ConfigError, createLogger, loadConfig, usage } from "@devex/kit";
+import { createLogger, loadConfigOrExit } from "@devex/kit";
 import { coreSettings } from "./config.js";
 import { syncTemplates } from "./templates/store-catalog.js";
 import { openWorkspaceStore } from "./workspaces/from-config.js";
@@ -9,19 +9,7 @@ import { openWorkspaceStore } from "./workspaces/from-config.js";
  * them from, with core's own settings (flags or DEVEX_* variables: --templates-dir,
  * --workspace-store, --s3-*). Prints what changed; exits 1 on failure, 2 on bad settings.
  */
-const command = "npm run templates:sync --";
-let config: ReturnType<typeof loadConfig<typeof coreSettings>>;
-try {
-  config = loadConfig(coreSettings);
-} catch (error) {
-  if (!(error instanceof ConfigError)) throw error;
-  if (error.help) {
-    console.log(usage(command, coreSettings));
-    process.exit(0);
-  }
-  console.error(`${error.message}\n\nRun with --help to see every option.`);
-  process.exit(2);
-}
+const config = loadConfigOrExit("npm run templates:sync --", coreSettings);
 const logger = createLogger({ service: "templates-sync", level: config.logLevel });
 const objects = await openWorkspaceStore(config, resolve(config.dataDir));
 try {

@@ -10,25 +10,30 @@ export interface MainOptions<S extends Settings> {
 }
 
 /**
+ * Loads and validates the configuration of a command: prints the usage and exits 0 on
+ * `--help`, prints every bad value and exits 2 on a mistake.
+ */
+export function loadConfigOrExit<S extends Settings>(command: string, settings: S): ConfigOf<S> {
+  try {
+    return loadConfig(settings);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    if (error.help) {
+      console.log(usage(command, settings));
+      process.exit(0);
+    }
+    console.error(`${error.message}\n\nRun with --help to see every option.`);
+    process.exit(2);
+  }
+}
+
+/**
  * The entry point of a service: loads and validates its configuration (printing every
  * bad value and exiting with status 2), starts it, and stops it gracefully on SIGINT or
  * SIGTERM (a second signal exits at once).
  */
 export async function runMain<S extends Settings>(options: MainOptions<S>): Promise<void> {
-  let config: ConfigOf<S>;
-  try {
-    config = loadConfig(options.settings);
-  } catch (error) {
-    if (error instanceof ConfigError) {
-      if (error.help) {
-        console.log(usage(options.command, options.settings));
-        process.exit(0);
-      }
-      console.error(`${error.message}\n\nRun with --help to see every option.`);
-      process.exit(2);
-    }
-    throw error;
-  }
+  const config = loadConfigOrExit(options.command, options.settings);
   const service = await options.start(config);
   let stopping = false;
   const stop = (signal: NodeJS.Signals) => {

@@ -81,15 +81,19 @@ const snapshotReasonToProto: Readonly<Record<SnapshotReasonName, SnapshotReason>
   restore: SnapshotReason.RESTORE,
 };
 
+/** A stop's save is recorded with the snapshot reason of the stop's reason. */
+type StopSnapshotReason = Exclude<SnapshotReasonName, "template-seed" | "restore">;
+
+const snapshotReasonsOfStop: Readonly<Record<StopReason, StopSnapshotReason>> = {
+  user: "stop",
+  idle: "idle-stop",
+  admin: "admin-stop",
+  system: "system-stop",
+};
+
 /** The snapshot reason of a stop's save. */
-export function snapshotReasonOfStop(reason: StopReason): Exclude<SnapshotReasonName, "template-seed" | "restore"> {
-  return reason === "user"
-    ? "stop"
-    : reason === "idle"
-      ? "idle-stop"
-      : reason === "admin"
-        ? "admin-stop"
-        : "system-stop";
+export function snapshotReasonOfStop(reason: StopReason): StopSnapshotReason {
+  return snapshotReasonsOfStop[reason];
 }
 
 /** The API Snapshot of a stored one; `currentSnapshotId` is the repl's pointer. */

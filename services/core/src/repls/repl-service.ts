@@ -13,10 +13,10 @@ import type { Logger } from "pino";
 import type { Caller } from "../auth/caller.js";
 import { requireCaller } from "../auth/caller.js";
 import type { CoreConfig } from "../config.js";
-import { newId } from "../ids.js";
+import { mirrorId, newId } from "../ids.js";
 import type { ReplStateName, Versioned } from "../model.js";
 import type { TokenKeys } from "../orchestrator/token-keys.js";
-import { decodePageToken, encodePageToken, pageSizeOf } from "../paging.js";
+import { decodePageToken, encodePageToken, pageOf, pageSizeOf } from "../paging.js";
 import type { SnapshotRecord } from "../snapshots/model.js";
 import type { Snapshots } from "../snapshots/snapshots.js";
 import type { TemplateCatalog } from "../templates/catalog.js";
@@ -306,15 +306,17 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
 
     async listSnapshots(req, ctx) {
       const found = await owned(req.replId, requireCaller(ctx.values));
-      const filters = { replId: req.replId };
-      const after = decodePageToken(req.pageToken, filters);
-      const size = pageSizeOf(req.pageSize);
-      const rest = (await snapshots.list(req.replId)).filter((snapshot) => after === undefined || snapshot.id < after);
-      const items = rest.slice(0, size);
-      const last = items.at(-1);
+      const listed = await snapshots.list(req.replId);
+      const byId = new Map(listed.map((snapshot) => [snapshot.id, snapshot]));
+      // Mirrored ids sort newest first in the ascending order pages are cut in.
+      const page = pageOf(listed.map((snapshot) => mirrorId(snapshot.id)).sort(), req.pageSize, req.pageToken, {
+        replId: req.replId,
+      });
       return {
-        snapshots: items.map((snapshot) => toSnapshot(snapshot, found.record.currentSnapshotId)),
-        nextPageToken: rest.length > size && last ? encodePageToken(last.id, filters) : "",
+        snapshots: page.items.map((key) =>
+          toSnapshot(byId.get(mirrorId(key)) as SnapshotRecord, found.record.currentSnapshotId),
+        ),
+        nextPageToken: page.nextPageToken,
       };
     },
 

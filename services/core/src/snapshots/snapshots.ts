@@ -5,6 +5,7 @@ import type { RunnerCaller, RunnerTarget } from "../orchestrator/runner-client.j
 import type { StateStore } from "../state/store.js";
 import type { TemplateRecord } from "../templates/catalog.js";
 import {
+  listAll,
   WorkspaceObjectNotFoundError,
   type WorkspaceStore,
   WorkspaceStoreUnavailableError,
@@ -389,15 +390,10 @@ export function createSnapshots(options: SnapshotsOptions): Snapshots {
       const listed = new Set(kept.map((snapshot) => snapshot.id));
       const prefix = snapshotObjectsPrefix(replId);
       const cutoffMs = now() - orphanAgeMs;
-      let after: string | undefined;
-      do {
-        const page = await objects.list(prefix, after === undefined ? {} : { after });
-        for (const object of page.keys) {
-          const snapshotId = object.key.slice(prefix.length).replace(/\.(tar\.zst|json)$/, "");
-          if (!listed.has(snapshotId) && object.modifiedAtMs < cutoffMs) await objects.delete(object.key);
-        }
-        after = page.nextAfter;
-      } while (after !== undefined);
+      for await (const object of listAll(objects, prefix)) {
+        const snapshotId = object.key.slice(prefix.length).replace(/\.(tar\.zst|json)$/, "");
+        if (!listed.has(snapshotId) && object.modifiedAtMs < cutoffMs) await objects.delete(object.key);
+      }
     },
 
     async deleteAll(replId) {

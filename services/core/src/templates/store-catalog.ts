@@ -1,7 +1,7 @@
 import { packDirectory } from "@devex/kit";
 import type { Logger } from "pino";
 import { z } from "zod/mini";
-import { WorkspaceObjectNotFoundError, type WorkspaceStore } from "../workspaces/store.js";
+import { listAll, WorkspaceObjectNotFoundError, type WorkspaceStore } from "../workspaces/store.js";
 import type { TemplateArchive, TemplateCatalog, TemplateRecord } from "./catalog.js";
 import { loadTemplateFolders, parseTemplateManifest, TemplateError, type TemplateFolder } from "./folders.js";
 
@@ -113,12 +113,7 @@ async function uploadArchive(folder: TemplateFolder, store: WorkspaceStore): Pro
 
 async function listKeys(store: WorkspaceStore, prefix: string): Promise<string[]> {
   const keys: string[] = [];
-  let after: string | undefined;
-  do {
-    const page = await store.list(prefix, after === undefined ? {} : { after });
-    keys.push(...page.keys.map((object) => object.key));
-    after = page.nextAfter;
-  } while (after !== undefined);
+  for await (const object of listAll(store, prefix)) keys.push(object.key);
   return keys;
 }
 

@@ -9,6 +9,7 @@ import {
   type ListedObject,
   type ListOptions,
   type ListResult,
+  listAll,
   type ObjectInfo,
   type PutOptions,
   type PutResult,
@@ -144,20 +145,15 @@ class FilesystemWorkspaceStore implements WorkspaceStore {
   async deletePrefix(prefix: string): Promise<number> {
     validateWorkspacePrefix(prefix, true);
     let deleted = 0;
-    let after: string | undefined;
-    while (true) {
-      const page = await this.list(prefix, after === undefined ? {} : { after });
-      for (const { key } of page.keys) {
-        await unlink(this.pathOf(key)).then(
-          () => deleted++,
-          (error: unknown) => {
-            if (!isMissing(error)) throw error;
-          },
-        );
-      }
-      if (page.nextAfter === undefined) return deleted;
-      after = page.nextAfter;
+    for await (const { key } of listAll(this, prefix)) {
+      await unlink(this.pathOf(key)).then(
+        () => deleted++,
+        (error: unknown) => {
+          if (!isMissing(error)) throw error;
+        },
+      );
     }
+    return deleted;
   }
 
   async ping(): Promise<boolean> {

@@ -86,6 +86,16 @@ export interface WorkspaceStore {
   close(): Promise<void>;
 }
 
+/** Every object under `prefix`, in key order, a page at a time (a generator: the caller may stop early). */
+export async function* listAll(store: Pick<WorkspaceStore, "list">, prefix: string): AsyncGenerator<ListedObject> {
+  let after: string | undefined;
+  do {
+    const page = await store.list(prefix, after === undefined ? {} : { after });
+    yield* page.keys;
+    after = page.nextAfter;
+  } while (after !== undefined);
+}
+
 /** Thrown by {@link WorkspaceStore.get} when no object has the key. */
 export class WorkspaceObjectNotFoundError extends Error {
   override readonly name = "WorkspaceObjectNotFoundError";
