@@ -1,5 +1,4 @@
-import { realpath, rm, stat } from "node:fs/promises";
-import { resolve } from "node:path";
+import { rm } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
@@ -12,13 +11,15 @@ import {
 } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import {
   ArchiveIntegrityError,
+  IgnoreFileError,
   InvalidArchiveError,
   type ArchiveCompression as KitCompression,
   packDirectory,
+  readIgnoreFile,
   unpackArchive,
 } from "@devex/kit";
 import type { RunnerContext } from "./context.js";
-import { isSameOrBelow, quotePath } from "./filesystem/paths.js";
+import { quotePath } from "./filesystem/paths.js";
 import { createStaging, swapIn } from "./workspace-swap.js";
 
 /** What the workspace archive calls need from the rest of the runner. */
@@ -190,24 +191,12 @@ function importError(error: unknown, signal: AbortSignal): ConnectError {
   return new ConnectError(`cannot import the workspace: ${message}`, Code.Internal, undefined, undefined, error);
 }
 
-/**
- * Refuses an ignore file that is not inside the workspace, lexically or after following
- * symlinks, or that is not a regular file, with INVALID_ARGUMENT naming the field. A missing
- * one is fine: it leaves nothing out.
- */
+/** Refuses an ignore file outside the workspace (or not a file) with INVALID_ARGUMENT naming the field. */
 async function checkIgnoreFile(workspace: string, ignoreFile: string): Promise<void> {
-  const refuse = (problem: string) =>
-    new ConnectError(`ignore_file ${quotePath(ignoreFile)} ${problem}`, Code.InvalidArgument);
-  const lexical = resolve(workspace, ignoreFile);
-  if (lexical === workspace || !isSameOrBelow(lexical, workspace)) throw refuse("is not a file inside the workspace");
-  let real: string;
   try {
-    real = await realpath(lexical);
+    await readIgnoreFile(workspace, ignoreFile);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === "ENOENT" || code === "ENOTDIR") return;
-    throw refuse(`cannot be resolved (${code})`);
+    if (!(error instanceof IgnoreFileError)) throw error;
+    throw new ConnectError(`ignore_file ${quotePath(ignoreFile)} ${error.problem}`, Code.InvalidArgument);
   }
-  if (!isSameOrBelow(real, workspace)) throw refuse("leads outside the workspace through a symlink");
-  if (!(await stat(real)).isFile()) throw refuse("is not a regular file");
 }

@@ -1,6 +1,6 @@
 import type { Dirent, Stats } from "node:fs";
 import { lstatSync, readdirSync } from "node:fs";
-import { readFile, realpath } from "node:fs/promises";
+import { readFile, realpath, stat } from "node:fs/promises";
 import { resolve, sep } from "node:path";
 import ignore from "ignore";
 
@@ -127,8 +127,8 @@ function vanishedOrUnreadable(error: unknown): boolean {
 /**
  * Compiles gitignore-syntax rules into an `excluded` test for {@link walkTree}: the rules of
  * `ignoreFile` (relative to `root`; a missing file adds none), then `patterns`. The ignore
- * file must lie inside `root`, also after following symlinks: otherwise this fails with a
- * RangeError. Undefined when there are no rules.
+ * file must lie inside `root`, also after following symlinks: otherwise this fails with an
+ * {@link IgnoreFileError}. Undefined when there are no rules.
  */
 export async function compileIgnoreRules(
   root: string,
@@ -149,11 +149,27 @@ export async function compileIgnoreRules(
   return (path) => rules.ignores(path);
 }
 
-async function readIgnoreFile(root: string, ignoreFile: string): Promise<string | undefined> {
-  const outside = () => new RangeError(`the ignore file ${JSON.stringify(ignoreFile)} is outside ${root}`);
+/** An ignore file that may not be used: outside the root (also through a symlink) or not a regular file. */
+export class IgnoreFileError extends RangeError {
+  override name = "IgnoreFileError";
+  /** What is wrong with it, e.g. "is outside the directory". */
+  readonly problem: string;
+
+  constructor(ignoreFile: string, problem: string) {
+    super(`the ignore file ${JSON.stringify(ignoreFile)} ${problem}`);
+    this.problem = problem;
+  }
+}
+
+/**
+ * The text of an ignore file (relative to `root`), or undefined when there is none. Throws
+ * {@link IgnoreFileError} when it lies outside `root`, lexically or after following symlinks,
+ * or is not a regular file.
+ */
+export async function readIgnoreFile(root: string, ignoreFile: string): Promise<string | undefined> {
   const rootReal = await realpath(root);
   const lexical = resolve(rootReal, ignoreFile);
-  if (!isInside(lexical, rootReal)) throw outside();
+  if (!isInside(lexical, rootReal)) throw new IgnoreFileError(ignoreFile, "is not a file inside the directory");
   let real: string;
   try {
     real = await realpath(lexical);
@@ -162,7 +178,8 @@ async function readIgnoreFile(root: string, ignoreFile: string): Promise<string 
     if (code === "ENOENT" || code === "ENOTDIR") return undefined;
     throw error;
   }
-  if (!isInside(real, rootReal)) throw outside();
+  if (!isInside(real, rootReal)) throw new IgnoreFileError(ignoreFile, "leads outside the directory through a symlink");
+  if (!(await stat(real)).isFile()) throw new IgnoreFileError(ignoreFile, "is not a regular file");
   return readFile(real, "utf8");
 }
 

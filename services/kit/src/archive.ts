@@ -6,6 +6,8 @@ import { createGunzip, createGzip, createZstdCompress, createZstdDecompress, con
 import { hasZstdProgram, Program } from "./archive-programs.js";
 import { compileIgnoreRules, type TreeEntry, walkTree } from "./archive-tree.js";
 
+export { IgnoreFileError, readIgnoreFile } from "./archive-tree.js";
+
 /** How the tar stream of an archive is compressed. */
 export type ArchiveCompression = "zstd" | "gzip" | "none";
 
