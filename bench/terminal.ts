@@ -7,6 +7,8 @@
  *   attach      our Attach bidirectional stream, gRPC over h2c, to a runner process
  *   browser     our browser form: StreamOutput (Connect, HTTP/1.1) plus unary WriteInput
  *
+ * then, round trips only, the floor of the protocol (connect-floor): Attach served by
+ * connect-node alone in its own process, echoing input without a PTY (bench/connect-echo.ts);
  * and the runner's memory, idle and with 50 idle sessions. Prints one JSON line per
  * target, then the ratios against the targets. Not a test: figures vary with the machine.
  *
@@ -282,6 +284,27 @@ async function measure(name: string, open: (command: string) => Promise<Target>,
   return result;
 }
 
+/** Times round trips only (a target with no program behind it has no output to measure). */
+async function measureRoundTrips(name: string, open: (command: string) => Promise<Target>) {
+  const times = await roundTrips(open);
+  const result = {
+    target: name,
+    rtt_p50_us: Math.round(percentile(times, 50)),
+    rtt_p99_us: Math.round(percentile(times, 99)),
+  };
+  console.log(JSON.stringify(result));
+  return result;
+}
+
+/** Starts a bench server script (tsx) in its own process and reads the port it prints. */
+async function spawnScript(script: string): Promise<{ child: ReturnType<typeof spawn>; port: number }> {
+  const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, script)], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const port = Number((await once(createInterface({ input: child.stdout as NodeJS.ReadableStream }), "line"))[0]);
+  return { child, port };
+}
+
 async function startRunner(workspace: string): Promise<{ runner: SpawnedService; token: string }> {
   // The runner as it is deployed: the bundle from `npm run build`, with the flags of `npm run runner`.
   const runner = await spawnService("runner/dist/main.js", ["--dev", "--workspace", workspace], {}, [
@@ -297,10 +320,9 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "devex-bench-"));
   const bytes = megabytes * 1024 * 1024;
   const file = await makeFile(dir, bytes);
-  const relay = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "ws-relay.ts")], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const port = Number((await once(createInterface({ input: relay.stdout }), "line"))[0]);
+  const { child: relay, port } = await spawnScript("ws-relay.ts");
+  const { child: echo, port: echoPort } = await spawnScript("connect-echo.ts");
+  const echoUrl = `http://127.0.0.1:${echoPort}`;
   const { runner, token } = await startRunner(join(dir, "workspace"));
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${token}`);
@@ -327,6 +349,20 @@ async function main(): Promise<void> {
     const ws = await measure("ws-relay", wsOpener(port), file, bytes);
     const attach = await measure("attach", attachOpener(grpc), file, bytes);
     const browser = await measure("browser", browserOpener(connect), file, bytes);
+    // Last, so the Attach figures above are taken as before; the client is warm by now,
+    // which if anything flatters the floor.
+    const floor = await measureRoundTrips(
+      "connect-floor",
+      attachOpener(
+        createClient(
+          TerminalService,
+          createGrpcTransport({
+            baseUrl: echoUrl,
+            sessionManager: new WideWindowSessionManager(echoUrl, {}, { settings: { initialWindowSize: windowBytes } }),
+          }),
+        ),
+      ),
+    );
 
     for (let i = 0; i < 50; i++) await grpc.createSession({ spec: { sessionId: `idle-${i}` } });
     await new Promise((resolve) => setTimeout(resolve, 2_000));
@@ -338,6 +374,9 @@ async function main(): Promise<void> {
       attach_p99_us: attach.rtt_p99_us,
       attach_throughput_vs_pty: Math.round((attach.throughput_mb_s / alone.throughput_mb_s) * 100) / 100,
       browser_p50_vs_ws: Math.round((browser.rtt_p50_us / ws.rtt_p50_us) * 100) / 100,
+      // Not targets: how far the protocol alone is from the relay, and Attach from the protocol.
+      floor_p50_vs_ws: Math.round((floor.rtt_p50_us / ws.rtt_p50_us) * 100) / 100,
+      attach_p50_vs_floor: Math.round((attach.rtt_p50_us / floor.rtt_p50_us) * 100) / 100,
       idle_rss_mb: idleRss,
       sessions_50_rss_mb: fiftyRss,
     };
@@ -352,6 +391,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ target: "ratios", ...ratios, pass }));
   } finally {
     relay.kill();
+    echo.kill();
     await runner.stop();
     await rm(dir, { recursive: true, force: true });
   }
