@@ -455,6 +455,11 @@ async function* inChunks(source: AsyncIterable<Buffer>, size: number): AsyncGene
   let parts: Buffer[] = [];
   let held = 0;
   for await (let buffer of source) {
+    // Whole chunks of a buffer go out as views of it: pipes deliver reads of exactly `size`.
+    while (held === 0 && buffer.length >= size) {
+      yield buffer.subarray(0, size);
+      buffer = buffer.subarray(size);
+    }
     while (held + buffer.length >= size) {
       const take = size - held;
       parts.push(buffer.subarray(0, take));
