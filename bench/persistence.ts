@@ -11,7 +11,8 @@
  *             it beside the workspace, checks it and swaps it in; baseline
  *             `zstd -dc file | tar -C dir -x`
  *   memory    the peak resident memory (VmHWM) of the runner that saved (the process that
- *             archives) and of core (which streams), after the saves
+ *             archives) and of core (which streams), after the saves; and core's resident
+ *             memory after each round, which should level off rather than climb
  *
  * Each figure is the median of BENCH_ROUNDS rounds (default 3). Prints one JSON line per
  * measurement, then the targets (save and restore at most 1.5x the baseline, peak memory of
@@ -74,9 +75,10 @@ async function timed(work: () => Promise<unknown>): Promise<number> {
   return performance.now() - started;
 }
 
-function peakRssMb(pid: number): number {
+/** A process's peak resident memory (VmHWM), or its resident memory now (VmRSS), in MB. */
+function rssMb(pid: number, which: "VmHWM" | "VmRSS" = "VmHWM"): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const match = /VmHWM:\s+(\d+) kB/.exec(status);
+  const match = new RegExp(`${which}:\\s+(\\d+) kB`).exec(status);
   return match ? Number(match[1]) / 1024 : Number.NaN;
 }
 
@@ -99,6 +101,8 @@ try {
   const system = { save: [] as number[], start: [] as number[], emptyStart: [] as number[] };
   let archiveBytes = 0;
   let runnerPeakMb = Number.NaN;
+  // Core's resident memory after each round: it should level off, not climb round after round.
+  const coreRssByRound: number[] = [];
   for (let round = 0; round < rounds; round++) {
     const archive = join(work, "baseline.tar.zst");
     baseline.save.push(
@@ -125,14 +129,15 @@ try {
       }),
     );
     archiveBytes = Number(saved?.snapshot?.sizeBytes ?? 0);
-    runnerPeakMb = peakRssMb(pid);
+    runnerPeakMb = rssMb(pid);
     await repls.stopRepl({ replId: big });
     system.start.push(await timed(() => repls.startRepl({ replId: big })));
     await repls.stopRepl({ replId: big });
     system.emptyStart.push(await timed(() => repls.startRepl({ replId: empty })));
     await repls.stopRepl({ replId: empty });
+    coreRssByRound.push(Math.round(rssMb(core.service.child.pid ?? 0, "VmRSS")));
   }
-  const corePeakMb = peakRssMb(core.service.child.pid ?? 0);
+  const corePeakMb = rssMb(core.service.child.pid ?? 0);
 
   const saveMs = median(system.save);
   const restoreMs = median(system.start) - median(system.emptyStart);
@@ -147,7 +152,7 @@ try {
     baselineMs: baseRestoreMs,
     ratio: restoreMs / baseRestoreMs,
   });
-  print({ measure: "memory", runnerPeakMb, corePeakMb });
+  print({ measure: "memory", runnerPeakMb, corePeakMb, coreRssByRoundMb: coreRssByRound });
   const verdict = (ok: boolean) => (ok ? "met" : "NOT met");
   console.log(`
 save     ${saveMs.toFixed(0)} ms vs ${baseSaveMs.toFixed(0)} ms: ${(saveMs / baseSaveMs).toFixed(2)}x (target <= 1.5x: ${verdict(saveMs <= 1.5 * baseSaveMs)})
