@@ -1,15 +1,6 @@
-import { setFlagsFromString } from "node:v8";
 import { createLogger, runMain } from "@devex/kit";
 import { startCore } from "./app.js";
 import { coreSettings } from "./config.js";
-
-// Archives pass through core as thousands of messages, whose short-lived objects outlive the
-// small young generation (--max-semi-space-size=1) and pile up in the old one. By default V8
-// lets the old generation grow several times over what is live before collecting it: core's
-// resident memory climbed from 115 MB to 200 MB over eight save-stop-start rounds of a 54 MB
-// workspace. Growing it by a quarter at a time keeps core near its live size (~135 MB).
-// V8 reads the factor at every collection, so setting it here takes effect.
-setFlagsFromString("--heap-growing-percent=25");
 
 await runMain({
   command: "npm run core --",

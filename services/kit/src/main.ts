@@ -1,3 +1,4 @@
+import { setFlagsFromString } from "node:v8";
 import { ConfigError, type ConfigOf, loadConfig, type Settings, usage } from "./config.js";
 
 /** Options for {@link runMain}. */
@@ -30,9 +31,11 @@ export function loadConfigOrExit<S extends Settings>(command: string, settings: 
 /**
  * The entry point of a service: loads and validates its configuration (printing every
  * bad value and exiting with status 2), starts it, and stops it gracefully on SIGINT or
- * SIGTERM (a second signal exits at once).
+ * SIGTERM (a second signal exits at once). It also keeps the service's heap near its live
+ * size (see keepOldGenerationNearLiveSize).
  */
 export async function runMain<S extends Settings>(options: MainOptions<S>): Promise<void> {
+  keepOldGenerationNearLiveSize();
   const config = loadConfigOrExit(options.command, options.settings);
   const service = await options.start(config);
   let stopping = false;
@@ -51,4 +54,17 @@ export async function runMain<S extends Settings>(options: MainOptions<S>): Prom
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
+}
+
+/**
+ * Streams (archives, terminal output) pass through the services as thousands of messages
+ * whose short-lived objects outlive the small young generation (--max-semi-space-size=1)
+ * and pile up in the old one, which V8 by default lets grow several times over what is live
+ * before collecting it: core's resident memory climbed from 115 MB to 203 MB over eight
+ * save-stop-start rounds of a 54 MB workspace, a runner's from 93 MB to 113 MB over 60,000
+ * keystrokes, with the live heap unchanged. Growing it by a quarter at a time keeps them near
+ * their live size (124-137 MB and 105 MB). V8 reads the factor at every collection.
+ */
+function keepOldGenerationNearLiveSize(): void {
+  setFlagsFromString("--heap-growing-percent=25");
 }
