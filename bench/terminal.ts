@@ -270,13 +270,18 @@ async function makeFile(dir: string, bytes: number): Promise<string> {
   return file;
 }
 
-async function measure(name: string, open: (command: string) => Promise<Target>, file: string, bytes: number) {
+/** The round-trip figures of a target: p50 and p99 of `roundTrips`, in µs. */
+async function roundTripFigures(open: (command: string) => Promise<Target>) {
   const times = await roundTrips(open);
+  return { rtt_p50_us: Math.round(percentile(times, 50)), rtt_p99_us: Math.round(percentile(times, 99)) };
+}
+
+async function measure(name: string, open: (command: string) => Promise<Target>, file: string, bytes: number) {
+  const rtt = await roundTripFigures(open);
   const { mbs, skippedBytes } = await throughput(open, file, bytes);
   const result: Result = {
     target: name,
-    rtt_p50_us: Math.round(percentile(times, 50)),
-    rtt_p99_us: Math.round(percentile(times, 99)),
+    ...rtt,
     throughput_mb_s: Math.round(mbs * 10) / 10,
     skipped_bytes: skippedBytes,
   };
@@ -286,14 +291,25 @@ async function measure(name: string, open: (command: string) => Promise<Target>,
 
 /** Times round trips only (a target with no program behind it has no output to measure). */
 async function measureRoundTrips(name: string, open: (command: string) => Promise<Target>) {
-  const times = await roundTrips(open);
-  const result = {
-    target: name,
-    rtt_p50_us: Math.round(percentile(times, 50)),
-    rtt_p99_us: Math.round(percentile(times, 99)),
-  };
+  const result = { target: name, ...(await roundTripFigures(open)) };
   console.log(JSON.stringify(result));
   return result;
+}
+
+/**
+ * A gRPC (h2c) terminal client configured as an SDK would for terminal traffic: stream and
+ * connection windows large enough that output is not held up waiting for WINDOW_UPDATE
+ * round trips (Node's default is 64 KiB for both).
+ */
+function grpcTerminalClient(baseUrl: string, interceptors: Interceptor[] = []): Client<typeof TerminalService> {
+  return createClient(
+    TerminalService,
+    createGrpcTransport({
+      baseUrl,
+      interceptors,
+      sessionManager: new WideWindowSessionManager(baseUrl, {}, { settings: { initialWindowSize: windowBytes } }),
+    }),
+  );
 }
 
 /** Starts a bench server script (tsx) in its own process and reads the port it prints. */
@@ -322,23 +338,12 @@ async function main(): Promise<void> {
   const file = await makeFile(dir, bytes);
   const { child: relay, port } = await spawnScript("ws-relay.ts");
   const { child: echo, port: echoPort } = await spawnScript("connect-echo.ts");
-  const echoUrl = `http://127.0.0.1:${echoPort}`;
   const { runner, token } = await startRunner(join(dir, "workspace"));
   const auth: Interceptor = (next) => (req) => {
     req.header.set("authorization", `Bearer ${token}`);
     return next(req);
   };
-  // As an SDK would configure it for terminal traffic: stream and connection windows large
-  // enough that output is not held up waiting for WINDOW_UPDATE round trips (Node's default
-  // is 64 KiB for both).
-  const grpc = createClient(
-    TerminalService,
-    createGrpcTransport({
-      baseUrl: runner.url,
-      interceptors: [auth],
-      sessionManager: new WideWindowSessionManager(runner.url, {}, { settings: { initialWindowSize: windowBytes } }),
-    }),
-  );
+  const grpc = grpcTerminalClient(runner.url, [auth]);
   const connect = createClient(
     TerminalService,
     createConnectTransport({ baseUrl: runner.url, httpVersion: "1.1", interceptors: [auth] }),
@@ -353,15 +358,7 @@ async function main(): Promise<void> {
     // which if anything flatters the floor.
     const floor = await measureRoundTrips(
       "connect-floor",
-      attachOpener(
-        createClient(
-          TerminalService,
-          createGrpcTransport({
-            baseUrl: echoUrl,
-            sessionManager: new WideWindowSessionManager(echoUrl, {}, { settings: { initialWindowSize: windowBytes } }),
-          }),
-        ),
-      ),
+      attachOpener(grpcTerminalClient(`http://127.0.0.1:${echoPort}`)),
     );
 
     for (let i = 0; i < 50; i++) await grpc.createSession({ spec: { sessionId: `idle-${i}` } });
