@@ -2,7 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
-import { Code, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { type Client, Code, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { RunnerService } from "@devex/gen/devex/runner/v1/runner_pb.js";
@@ -65,6 +65,30 @@ async function until(predicate: () => Promise<boolean>, what: string, timeoutMs 
   }
 }
 
+/**
+ * Runs `echo <marker>-$((6*7))` in a new session through the browser form of the terminal
+ * (StreamOutput, then WriteInput) and returns the output read until `<marker>-42` arrived;
+ * the session is closed afterwards.
+ */
+async function echoThroughBrowserForm(terminal: Client<typeof TerminalService>, marker: string): Promise<string> {
+  const { session } = await terminal.createSession({ spec: { command: plainBash } });
+  const sessionId = session?.id ?? "";
+  const abort = new AbortController();
+  let text = "";
+  const reading = (async () => {
+    for await (const res of terminal.streamOutput({ sessionId }, { signal: abort.signal })) {
+      if (res.event.case === "output") text += new TextDecoder().decode(res.event.value.data);
+      if (text.includes(`${marker}-42`)) return;
+    }
+  })();
+  await until(async () => (await attachedClients()) === 1, "the stream to be attached");
+  await terminal.writeInput({ sessionId, data: new TextEncoder().encode(`echo ${marker}-$((6*7))\r`) });
+  await reading;
+  abort.abort();
+  await terminal.closeSession({ sessionId, force: true });
+  return text;
+}
+
 beforeAll(async () => {
   runner = await startTestRunner();
   userToken = await runner.token("user", 3_600_000);
@@ -105,23 +129,8 @@ describe("repl proxy", () => {
   });
 
   it("serves the browser form over Connect on HTTP/1.1: CreateSession, StreamOutput, WriteInput", async () => {
-    const terminal = viaProxy(TerminalService, "connect-h1");
-    const { session } = await terminal.createSession({ spec: { command: plainBash } });
-    const sessionId = session?.id ?? "";
-    const abort = new AbortController();
-    let text = "";
-    const reading = (async () => {
-      for await (const res of terminal.streamOutput({ sessionId }, { signal: abort.signal })) {
-        if (res.event.case === "output") text += new TextDecoder().decode(res.event.value.data);
-        if (text.includes("browser-42")) return;
-      }
-    })();
-    await until(async () => (await attachedClients()) === 1, "the stream to be attached");
-    await terminal.writeInput({ sessionId, data: new TextEncoder().encode("echo browser-$((6*7))\r") });
-    await reading;
+    const text = await echoThroughBrowserForm(viaProxy(TerminalService, "connect-h1"), "browser");
     expect(text).toContain("browser-42");
-    abort.abort();
-    await terminal.closeSession({ sessionId, force: true });
   });
 
   it("streams a 4 MiB download through unchanged, over gRPC and over Connect on HTTP/1.1", async () => {
@@ -351,22 +360,7 @@ describe("repl origin CORS", () => {
     const fs = fromPage(FilesystemService, runner.replId, seen);
     expect((await fs.stat({ path: "." })).entry?.path).toBe(".");
 
-    const terminal = fromPage(TerminalService, runner.replId, seen);
-    const { session } = await terminal.createSession({ spec: { command: plainBash } });
-    const sessionId = session?.id ?? "";
-    const abort = new AbortController();
-    let text = "";
-    const reading = (async () => {
-      for await (const res of terminal.streamOutput({ sessionId }, { signal: abort.signal })) {
-        if (res.event.case === "output") text += new TextDecoder().decode(res.event.value.data);
-        if (text.includes("cors-42")) return;
-      }
-    })();
-    await until(async () => (await attachedClients()) === 1, "the stream to be attached");
-    await terminal.writeInput({ sessionId, data: new TextEncoder().encode("echo cors-$((6*7))\r") });
-    await reading;
-    abort.abort();
-    await terminal.closeSession({ sessionId, force: true });
+    const text = await echoThroughBrowserForm(fromPage(TerminalService, runner.replId, seen), "cors");
     expect(text).toContain("cors-42");
 
     // Stat, CreateSession, StreamOutput, WriteInput, CloseSession: every response allows the page.
