@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { chmod, lstat, mkdtemp, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Logger } from "pino";
+import { errnoOf } from "./filesystem/errors.js";
 
 /**
  * The start of the names of what an import puts beside the workspace: a staging directory
@@ -64,7 +65,7 @@ export async function recoverInterruptedImport(path: string, logger: Logger): Pr
   try {
     names = await readdir(parent);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return;
+    if (errnoOf(error) === "ENOENT") return;
     throw error;
   }
   const trash = names.filter((name) => name.startsWith(siblingPrefix(workspace, "trash"))).sort();
@@ -86,7 +87,7 @@ async function exists(path: string): Promise<boolean> {
     await lstat(path);
     return true;
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return false;
+    if (errnoOf(error) === "ENOENT") return false;
     throw error;
   }
 }
