@@ -23,7 +23,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import {
   type AttachRequest,
   AttachRequestSchema,
@@ -31,6 +31,7 @@ import {
   type StreamOutputResponse,
   TerminalService,
 } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import { WideWindowSessionManager } from "@devex/kit";
 import { type SpawnedService, spawnService } from "@devex/kit/testing";
 import * as pty from "node-pty";
 import WebSocket from "ws";
@@ -236,19 +237,6 @@ function browserOpener(client: Client<typeof TerminalService>) {
 /** The receive window of the Attach client's streams and of its connection, in bytes. */
 const windowBytes = 4 * 1024 * 1024;
 
-/**
- * Opens HTTP/2 connections whose connection-level receive window is as large as the
- * stream window. Node keeps a connection's window at the protocol's default of 64 KiB
- * whatever the stream window, and a stream may only use what both allow.
- */
-class WideWindowSessionManager extends Http2SessionManager {
-  override async request(...args: Parameters<Http2SessionManager["request"]>) {
-    const stream = await super.request(...args);
-    stream.session?.setLocalWindowSize(windowBytes);
-    return stream;
-  }
-}
-
 async function rssMb(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
   const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1]);
@@ -307,7 +295,10 @@ function grpcTerminalClient(baseUrl: string, interceptors: Interceptor[] = []): 
     createGrpcTransport({
       baseUrl,
       interceptors,
-      sessionManager: new WideWindowSessionManager(baseUrl, {}, { settings: { initialWindowSize: windowBytes } }),
+      sessionManager: new WideWindowSessionManager(baseUrl, {
+        streamWindowBytes: windowBytes,
+        connectionWindowBytes: windowBytes,
+      }),
     }),
   );
 }

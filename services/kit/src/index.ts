@@ -2,6 +2,7 @@ export * from "./archive.js";
 export * from "./config.js";
 export * from "./cors.js";
 export * from "./health.js";
+export * from "./http2-client.js";
 export * from "./logging.js";
 export * from "./main.js";
 export * from "./metrics.js";

@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createGrpcTransport, type Http2SessionManager } from "@connectrpc/connect-node";
 import {
   ArchiveCompression,
   type ImportWorkspaceRequest,
@@ -10,7 +10,7 @@ import {
   ShutdownRequestSchema,
 } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
-import { type ArchiveTotals, signRunnerToken } from "@devex/kit";
+import { type ArchiveTotals, signRunnerToken, WideWindowSessionManager } from "@devex/kit";
 import type { RunnerInstance } from "./orchestrator.js";
 import type { TokenKeys } from "./token-keys.js";
 
@@ -112,6 +112,15 @@ export interface RunnerCallerOptions {
 /** The largest chunk sent to ImportWorkspace (the runner's limit is 4 MiB). */
 const importChunkBytes = 1024 * 1024;
 
+/**
+ * What core lets a runner send on one stream, and on its connection, before core reads:
+ * archives stream from runners as 64 KiB messages, which HTTP/2's default 64 KiB windows
+ * would hold back to one WINDOW_UPDATE round trip each. The stream window bounds what core
+ * holds per export.
+ */
+const streamWindowBytes = 1024 * 1024;
+const connectionWindowBytes = 8 * 1024 * 1024;
+
 /** Core's own identity in the tokens it mints for itself. */
 const coreUserId = "core";
 /** A cached token is replaced once less than this is left of its lifetime. */
@@ -147,7 +156,11 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
   const transportFor = (endpoint: string, replId?: string) => {
     let sessionManager = sessions.get(endpoint);
     if (!sessionManager) {
-      sessionManager = new Http2SessionManager(endpoint, { idleConnectionTimeoutMs: 60_000 });
+      sessionManager = new WideWindowSessionManager(endpoint, {
+        streamWindowBytes,
+        connectionWindowBytes,
+        idleConnectionTimeoutMs: 60_000,
+      });
       sessions.set(endpoint, sessionManager);
     }
     const auth: Interceptor = (next) => async (req) => {

@@ -2,6 +2,7 @@ import { createHash, randomUUID } from "node:crypto";
 import type { Dirent } from "node:fs";
 import { access, constants, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
+import { BatchedWriter } from "./batched-writer.js";
 import {
   compareWorkspaceKeys,
   type GetOptions,
@@ -64,17 +65,15 @@ class FilesystemWorkspaceStore implements WorkspaceStore {
     const hash = createHash("sha256");
     let bytes = 0;
     let closed = false;
+    const writer = new BatchedWriter(handle);
     try {
       for await (const chunk of readWorkspaceBody(body, signal)) {
         hash.update(chunk);
-        let offset = 0;
-        while (offset < chunk.length) {
-          const { bytesWritten } = await handle.write(chunk, offset, chunk.length - offset);
-          offset += bytesWritten;
-        }
+        await writer.write(chunk);
         bytes += chunk.length;
         options.onProgress?.(bytes);
       }
+      await writer.finish();
       await handle.sync();
       await handle.close();
       closed = true;

@@ -1,0 +1,37 @@
+import { Http2SessionManager } from "@connectrpc/connect-node";
+
+/** Options for {@link WideWindowSessionManager}. */
+export interface WideWindowOptions {
+  /** What the peer may send on one stream before it is read, in bytes. */
+  streamWindowBytes: number;
+  /** What the peer may send on the whole connection before it is read, in bytes; at least the stream window. */
+  connectionWindowBytes: number;
+  /** Closes the connection after this long without a stream, in ms. Default: Connect's (15 minutes). */
+  idleConnectionTimeoutMs?: number;
+}
+
+/**
+ * A Connect session manager whose HTTP/2 connections take large streams without waiting:
+ * Node advertises a 64 KiB window per stream and keeps the connection's at 64 KiB whatever
+ * the stream window, so a peer sending 64 KiB messages waits for a WINDOW_UPDATE round
+ * trip before almost every one. Here both windows are as large as asked; they also bound
+ * what this side holds for a stream it does not read.
+ */
+export class WideWindowSessionManager extends Http2SessionManager {
+  private readonly connectionWindowBytes: number;
+
+  constructor(url: string | URL, options: WideWindowOptions) {
+    super(
+      url,
+      options.idleConnectionTimeoutMs === undefined ? {} : { idleConnectionTimeoutMs: options.idleConnectionTimeoutMs },
+      { settings: { initialWindowSize: options.streamWindowBytes } },
+    );
+    this.connectionWindowBytes = Math.max(options.connectionWindowBytes, options.streamWindowBytes);
+  }
+
+  override async request(...args: Parameters<Http2SessionManager["request"]>) {
+    const stream = await super.request(...args);
+    stream.session?.setLocalWindowSize(this.connectionWindowBytes);
+    return stream;
+  }
+}
