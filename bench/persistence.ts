@@ -14,6 +14,7 @@
  *             archives) and of core (which streams), after the saves; and core's resident
  *             memory after each round, which should level off rather than climb
  *
+ * Every timed step starts after `sync`, with nothing left to write back from the step before.
  * Each figure is the median of BENCH_ROUNDS rounds (default 3). Prints one JSON line per
  * measurement, then the targets (save and restore at most 1.5x the baseline, peak memory of
  * the saving process under 150 MB). Not a test: figures vary with the machine.
@@ -69,7 +70,13 @@ async function generateWorkspace(root: string): Promise<void> {
   }
 }
 
+/**
+ * Times `work`, which starts once the data the previous step wrote has reached the disk: the
+ * kernel writes dirty pages back in the background, and a step should not pay for the last
+ * one's (a restore leaves 100 MB behind it).
+ */
 async function timed(work: () => Promise<unknown>): Promise<number> {
+  execFileSync("sync");
   const started = performance.now();
   await work();
   return performance.now() - started;
