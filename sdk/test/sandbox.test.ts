@@ -311,10 +311,14 @@ describe("terminal", () => {
     await until(() => output.text.includes("start\r\n"), "start");
     const attachesBefore = seen.attach;
     // Two drops in the middle of the burst: the second one right after the first message of the stream
-    // the first reattach opened (how many messages the rest of the burst takes depends on timing).
+    // the first reattach opened. The burst comes in 20 parts with pauses between them, so that it
+    // takes more messages than the drops count, however large the runner's batches.
     attachDrops.push(3, 1);
     const lines = 50_000;
-    await handle.write(`seq 1 ${lines}; echo done\n`);
+    const part = lines / 20;
+    await handle.write(
+      `for i in $(seq 0 19); do seq $((i*${part}+1)) $((i*${part}+${part})); sleep 0.05; done; echo done\n`,
+    );
     await until(() => output.text.includes("done\r\n"), "the end of the burst", 20_000);
     expect(attachDrops).toEqual([]);
     await until(() => seen.attach === attachesBefore + 2, "the second reattach");
