@@ -14,8 +14,9 @@
  *             archives) and of core (which streams), after the saves; and core's resident
  *             memory after each round, which should level off rather than climb
  *
- * Every timed step starts after `sync`, with nothing left to write back from the step before.
- * Each figure is the median of BENCH_ROUNDS rounds (default 3). Prints one JSON line per
+ * Every timed step starts after `sync`, with nothing left to write back from the step before,
+ * and each baseline runs right before the step it is compared with. Each figure is the
+ * median of BENCH_ROUNDS rounds (default 3); the save line also lists each round's ratio. Prints one JSON line per
  * measurement, then the targets (save and restore at most 1.5x the baseline, peak memory of
  * the saving process under 150 MB). Not a test: figures vary with the machine.
  */
@@ -111,18 +112,12 @@ try {
   // Core's resident memory after each round: it should level off, not climb round after round.
   const coreRssByRound: number[] = [];
   for (let round = 0; round < rounds; round++) {
+    if (round > 0) await repls.startRepl({ replId: big });
+    // Each baseline runs right before the step it is compared with, on a machine in the same state.
     const archive = join(work, "baseline.tar.zst");
     baseline.save.push(
       await timed(() => execFileAsync("bash", ["-c", `tar -C '${source}' -c . | zstd -3 -q -f -o '${archive}'`])),
     );
-    const out = join(work, `restored-${round}`);
-    await mkdir(out);
-    baseline.restore.push(
-      await timed(() => execFileAsync("bash", ["-c", `zstd -dc '${archive}' | tar -C '${out}' -x`])),
-    );
-    await rm(out, { recursive: true, force: true });
-
-    if (round > 0) await repls.startRepl({ replId: big });
     const pid = Number(
       execFileSync("pgrep", ["-f", `repl-id ${big}`])
         .toString()
@@ -138,6 +133,12 @@ try {
     archiveBytes = Number(saved?.snapshot?.sizeBytes ?? 0);
     runnerPeakMb = rssMb(pid);
     await repls.stopRepl({ replId: big });
+    const out = join(work, `restored-${round}`);
+    await mkdir(out);
+    baseline.restore.push(
+      await timed(() => execFileAsync("bash", ["-c", `zstd -dc '${archive}' | tar -C '${out}' -x`])),
+    );
+    await rm(out, { recursive: true, force: true });
     system.start.push(await timed(() => repls.startRepl({ replId: big })));
     await repls.stopRepl({ replId: big });
     system.emptyStart.push(await timed(() => repls.startRepl({ replId: empty })));
@@ -150,7 +151,9 @@ try {
   const restoreMs = median(system.start) - median(system.emptyStart);
   const baseSaveMs = median(baseline.save);
   const baseRestoreMs = median(baseline.restore);
-  print({ measure: "save", ms: saveMs, baselineMs: baseSaveMs, ratio: saveMs / baseSaveMs, archiveBytes });
+  // Each round's save against the baseline just before it: how much the ratio moves with the machine.
+  const roundRatios = system.save.map((ms, round) => Number((ms / (baseline.save[round] ?? Number.NaN)).toFixed(2)));
+  print({ measure: "save", ms: saveMs, baselineMs: baseSaveMs, ratio: saveMs / baseSaveMs, roundRatios, archiveBytes });
   print({
     measure: "restore",
     ms: restoreMs,
