@@ -16,9 +16,10 @@
  *
  * Every timed step starts after `sync`, with nothing left to write back from the step before,
  * and each baseline runs right before the step it is compared with. Each figure is the
- * median of BENCH_ROUNDS rounds (default 3); the save line also lists each round's ratio. Prints one JSON line per
- * measurement, then the targets (save and restore at most 1.5x the baseline, peak memory of
- * the saving process under 150 MB). Not a test: figures vary with the machine.
+ * median of BENCH_ROUNDS rounds (default 3); the save line also lists each round's ratio.
+ * Prints one JSON line per measurement, then the targets (save and restore at most 1.5x the
+ * baseline, peak memory of the saving process under 150 MB). Not a test: figures vary with
+ * the machine.
  */
 import { execFile, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";

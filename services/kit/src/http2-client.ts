@@ -19,6 +19,8 @@ export interface WideWindowOptions {
  */
 export class WideWindowSessionManager extends Http2SessionManager {
   private readonly connectionWindowBytes: number;
+  /** Connections whose window has been widened already. */
+  private readonly widened = new WeakSet<object>();
 
   constructor(url: string | URL, options: WideWindowOptions) {
     super(
@@ -31,7 +33,11 @@ export class WideWindowSessionManager extends Http2SessionManager {
 
   override async request(...args: Parameters<Http2SessionManager["request"]>) {
     const stream = await super.request(...args);
-    stream.session?.setLocalWindowSize(this.connectionWindowBytes);
+    const { session } = stream;
+    if (session && !this.widened.has(session)) {
+      session.setLocalWindowSize(this.connectionWindowBytes);
+      this.widened.add(session);
+    }
     return stream;
   }
 }

@@ -30,18 +30,23 @@ export class BatchedWriter {
    * one fsync per open file, so the final one would not see it again.
    */
   private syncError: unknown;
+  private readonly maxBatchBytes: number;
+  private readonly syncEveryBytes: number;
 
   constructor(
     private readonly handle: WritableFile,
-    private readonly options: BatchedWriterOptions = {},
-  ) {}
+    options: BatchedWriterOptions = {},
+  ) {
+    this.maxBatchBytes = options.batchBytes ?? 1024 * 1024;
+    this.syncEveryBytes = options.syncEveryBytes ?? 16 * 1024 * 1024;
+  }
 
   /** Takes a chunk (it must not change until written); rejects at once after a failed background flush. */
   async write(chunk: Uint8Array): Promise<void> {
     if (this.syncError !== undefined) throw this.syncError;
     this.batch.push(chunk);
     this.batchBytes += chunk.length;
-    if (this.batchBytes >= (this.options.batchBytes ?? 1024 * 1024) || this.batch.length >= maxBatchBuffers) {
+    if (this.batchBytes >= this.maxBatchBytes || this.batch.length >= maxBatchBuffers) {
       await this.writeBatch();
     }
   }
@@ -62,7 +67,7 @@ export class BatchedWriter {
       written += (await this.handle.writev(remainderOf(buffers, written))).bytesWritten;
     }
     this.unsyncedBytes += total;
-    if (this.unsyncedBytes >= (this.options.syncEveryBytes ?? 16 * 1024 * 1024) && !this.syncing) {
+    if (this.unsyncedBytes >= this.syncEveryBytes && !this.syncing) {
       this.unsyncedBytes = 0;
       this.syncing = this.handle.datasync().then(
         () => {
