@@ -8,7 +8,9 @@
  *   getrepl-*        unary GetRepl with an API key, core on Redis, 64 calls in flight over one
  *                    HTTP/2 connection and over eight, driven by h2load (apt-get install
  *                    nghttp2-client); baseline: the same server kit answering a fixed repl with
- *                    no authentication and no store (bench/support/stub-core.ts)
+ *                    no authentication and no store (bench/support/stub-core.ts); and the floors
+ *                    under both, the same fixed answer from connect-node alone and from
+ *                    node:http2 alone (bench/support/floor-core.ts)
  *
  * Prints one JSON line per measurement, then the targets. Not a test: figures vary with the
  * machine. Options (environment): BENCH_STARTS (default 20), BENCH_SECONDS (default 5).
@@ -223,6 +225,8 @@ async function getReplThroughput(): Promise<void> {
   const redis = await startRedisServer();
   const core = await startCoreProcess(["--state-store", "redis", "--redis-url", redis.url]);
   const stub = await spawnService("bench/support/stub-core.ts");
+  const connectAlone = await spawnService("bench/support/floor-core.ts", ["--floor", "connect"]);
+  const http2Alone = await spawnService("bench/support/floor-core.ts", ["--floor", "http2"]);
   try {
     const apiKey = await core.devApiKey();
     const client = core.client(ReplService, apiKey);
@@ -234,6 +238,8 @@ async function getReplThroughput(): Promise<void> {
     for (const connections of [1, 8]) {
       const measured = await hammer(core.url, replId, apiKey, connections);
       const baseline = await hammer(stub.url, replId, "", connections);
+      const connectFloor = await hammer(connectAlone.url, replId, "", connections);
+      const http2Floor = await hammer(http2Alone.url, replId, "", connections);
       console.log(
         JSON.stringify({
           target: `getrepl-${connections === 1 ? "one-connection" : `${connections}-connections`}`,
@@ -242,11 +248,14 @@ async function getReplThroughput(): Promise<void> {
           stub_calls_per_s: baseline.calls_per_s,
           stub_p99_ms: baseline.p99_ms,
           ratio_vs_stub: Number((measured.calls_per_s / baseline.calls_per_s).toFixed(2)),
+          connect_alone_calls_per_s: connectFloor.calls_per_s,
+          connect_alone_p99_ms: connectFloor.p99_ms,
+          http2_alone_calls_per_s: http2Floor.calls_per_s,
         }),
       );
     }
   } finally {
-    await stub.stop();
+    await Promise.all([stub.stop(), connectAlone.stop(), http2Alone.stop()]);
     await core.stop();
     await core.cleanup();
     await redis.stop();

@@ -1,9 +1,11 @@
 /**
  * `npm run bench:terminal`: keystroke round trip and output throughput of a terminal,
- * for four designs measured in the same run on this machine:
+ * for five designs measured in the same run on this machine:
  *
  *   pty-alone   node-pty in this process (the ceiling: the kernel's terminal layer)
  *   ws-relay    a raw WebSocket relay, one frame per PTY chunk (the seed system's design)
+ *   h2-relay    the same relay over a raw node:http2 stream (no gRPC, no Connect): what
+ *               HTTP/2 itself costs against the WebSocket
  *   attach      our Attach bidirectional stream, gRPC over h2c, to a runner process
  *   browser     our browser form: StreamOutput (Connect, HTTP/1.1) plus unary WriteInput
  *
@@ -18,6 +20,7 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
+import * as http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -149,6 +152,34 @@ async function openPty(command: string): Promise<Target> {
     async close() {
       term.kill("SIGKILL");
     },
+  };
+}
+
+function h2Opener(port: number) {
+  return async (command: string): Promise<Target> => {
+    // The same receive windows as the Attach client's, so flow control holds neither back more.
+    const session = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: windowBytes } });
+    // The relay may reset the connection as it tears the terminal down after close().
+    session.on("error", () => {});
+    await once(session, "connect");
+    session.setLocalWindowSize(windowBytes);
+    const stream = session.request(
+      { ":method": "POST", ":path": `/?command=${encodeURIComponent(command)}` },
+      { endStream: false },
+    );
+    await once(stream, "response");
+    const listeners: ((data: Uint8Array) => void)[] = [];
+    stream.on("data", (data: Buffer) => {
+      for (const l of listeners) l(data);
+    });
+    return {
+      write: (data) => stream.write(data),
+      onData: (l) => listeners.push(l),
+      async close() {
+        stream.close();
+        session.close();
+      },
+    };
   };
 }
 
@@ -328,6 +359,7 @@ async function main(): Promise<void> {
   const bytes = megabytes * 1024 * 1024;
   const file = await makeFile(dir, bytes);
   const { child: relay, port } = await spawnScript("ws-relay.ts");
+  const { child: h2Relay, port: h2Port } = await spawnScript("h2-relay.ts");
   const { child: echo, port: echoPort } = await spawnScript("connect-echo.ts");
   const { runner, token } = await startRunner(join(dir, "workspace"));
   const auth: Interceptor = (next) => (req) => {
@@ -343,6 +375,7 @@ async function main(): Promise<void> {
     const idleRss = await rssMb(runner.child.pid as number);
     const alone = await measure("pty-alone", openPty, file, bytes);
     const ws = await measure("ws-relay", wsOpener(port), file, bytes);
+    const h2 = await measure("h2-relay", h2Opener(h2Port), file, bytes);
     const attach = await measure("attach", attachOpener(grpc), file, bytes);
     const browser = await measure("browser", browserOpener(connect), file, bytes);
     // Last, so the Attach figures above are taken as before; the client is warm by now,
@@ -362,7 +395,9 @@ async function main(): Promise<void> {
       attach_p99_us: attach.rtt_p99_us,
       attach_throughput_vs_pty: Math.round((attach.throughput_mb_s / alone.throughput_mb_s) * 100) / 100,
       browser_p50_vs_ws: Math.round((browser.rtt_p50_us / ws.rtt_p50_us) * 100) / 100,
-      // Not targets: how far the protocol alone is from the relay, and Attach from the protocol.
+      // Not targets: how far HTTP/2 alone and the protocol alone are from the relay, and
+      // Attach from the protocol.
+      h2_relay_p50_vs_ws: Math.round((h2.rtt_p50_us / ws.rtt_p50_us) * 100) / 100,
       floor_p50_vs_ws: Math.round((floor.rtt_p50_us / ws.rtt_p50_us) * 100) / 100,
       attach_p50_vs_floor: Math.round((attach.rtt_p50_us / floor.rtt_p50_us) * 100) / 100,
       idle_rss_mb: idleRss,
@@ -379,6 +414,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ target: "ratios", ...ratios, pass }));
   } finally {
     relay.kill();
+    h2Relay.kill();
     echo.kill();
     await runner.stop();
     await rm(dir, { recursive: true, force: true });
