@@ -8,9 +8,9 @@
  *   getrepl-*        unary GetRepl with an API key, core on Redis, 64 calls in flight over one
  *                    HTTP/2 connection and over eight, driven by h2load (apt-get install
  *                    nghttp2-client); baseline: the same server kit answering a fixed repl with
- *                    no authentication and no store (bench/support/stub-core.ts); and the floors
- *                    under both, the same fixed answer from connect-node alone and from
- *                    node:http2 alone (bench/support/floor-core.ts)
+ *                    no authentication and no store; and the floors under both, the same
+ *                    fixed answer from connect-node alone and from node:http2 alone
+ *                    (all three: bench/support/stub-core.ts)
  *
  * Prints one JSON line per measurement, then the targets. Not a test: figures vary with the
  * machine. Options (environment): BENCH_STARTS (default 20), BENCH_SECONDS (default 5).
@@ -225,8 +225,8 @@ async function getReplThroughput(): Promise<void> {
   const redis = await startRedisServer();
   const core = await startCoreProcess(["--state-store", "redis", "--redis-url", redis.url]);
   const stub = await spawnService("bench/support/stub-core.ts");
-  const connectAlone = await spawnService("bench/support/floor-core.ts", ["--floor", "connect"]);
-  const http2Alone = await spawnService("bench/support/floor-core.ts", ["--floor", "http2"]);
+  const connectAlone = await spawnService("bench/support/stub-core.ts", ["--layer", "connect"]);
+  const http2Alone = await spawnService("bench/support/stub-core.ts", ["--layer", "http2"]);
   try {
     const apiKey = await core.devApiKey();
     const client = core.client(ReplService, apiKey);

@@ -20,7 +20,6 @@ import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
-import * as http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -140,15 +139,26 @@ async function throughput(
   return { mbs: (bytes - skipped) / 1024 / 1024 / seconds, skippedBytes: skipped };
 }
 
+/** The output listeners of a target: `emit` hands each chunk to every one of them. */
+function listenerList() {
+  const listeners: ((data: Uint8Array) => void)[] = [];
+  return {
+    emit: (data: Uint8Array) => {
+      for (const l of listeners) l(data);
+    },
+    onData: (listener: (data: Uint8Array) => void) => {
+      listeners.push(listener);
+    },
+  };
+}
+
 async function openPty(command: string): Promise<Target> {
   const term = pty.spawn("bash", ["-c", command], { cols: 120, rows: 40, encoding: null } as pty.IPtyForkOptions);
-  const listeners: ((data: Uint8Array) => void)[] = [];
-  term.onData((data) => {
-    for (const l of listeners) l(data as unknown as Buffer);
-  });
+  const output = listenerList();
+  term.onData((data) => output.emit(data as unknown as Buffer));
   return {
     write: (data) => term.write(Buffer.from(data)),
-    onData: (l) => listeners.push(l),
+    onData: output.onData,
     async close() {
       term.kill("SIGKILL");
     },
@@ -158,26 +168,22 @@ async function openPty(command: string): Promise<Target> {
 function h2Opener(port: number) {
   return async (command: string): Promise<Target> => {
     // The same receive windows as the Attach client's, so flow control holds neither back more.
-    const session = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: windowBytes } });
-    // The relay may reset the connection as it tears the terminal down after close().
-    session.on("error", () => {});
-    await once(session, "connect");
-    session.setLocalWindowSize(windowBytes);
-    const stream = session.request(
-      { ":method": "POST", ":path": `/?command=${encodeURIComponent(command)}` },
-      { endStream: false },
-    );
-    await once(stream, "response");
-    const listeners: ((data: Uint8Array) => void)[] = [];
-    stream.on("data", (data: Buffer) => {
-      for (const l of listeners) l(data);
+    const connection = new WideWindowSessionManager(`http://127.0.0.1:${port}`, {
+      streamWindowBytes: windowBytes,
+      connectionWindowBytes: windowBytes,
     });
+    const stream = await connection.request("POST", `/?command=${encodeURIComponent(command)}`, {}, {});
+    // The relay may reset the stream as it tears the terminal down after close().
+    stream.on("error", () => {});
+    await once(stream, "response");
+    const output = listenerList();
+    stream.on("data", output.emit);
     return {
       write: (data) => stream.write(data),
-      onData: (l) => listeners.push(l),
+      onData: output.onData,
       async close() {
         stream.close();
-        session.close();
+        connection.abort();
       },
     };
   };
@@ -187,13 +193,11 @@ function wsOpener(port: number) {
   return async (command: string): Promise<Target> => {
     const socket = new WebSocket(`ws://127.0.0.1:${port}/?command=${encodeURIComponent(command)}`);
     await once(socket, "open");
-    const listeners: ((data: Uint8Array) => void)[] = [];
-    socket.on("message", (data: Buffer) => {
-      for (const l of listeners) l(data);
-    });
+    const output = listenerList();
+    socket.on("message", output.emit);
     return {
       write: (data) => socket.send(data),
-      onData: (l) => listeners.push(l),
+      onData: output.onData,
       async close() {
         socket.close();
       },
@@ -208,7 +212,7 @@ function wsOpener(port: number) {
 async function followOutput(
   stream: AsyncIterable<AttachResponse | StreamOutputResponse>,
 ): Promise<Pick<Target, "onData" | "onSkipped">> {
-  const listeners: ((data: Uint8Array) => void)[] = [];
+  const output = listenerList();
   const skips: ((bytes: number) => void)[] = [];
   let attached: () => void = () => {};
   const ready = new Promise<void>((resolve) => {
@@ -217,14 +221,14 @@ async function followOutput(
   void (async () => {
     for await (const { event } of stream) {
       if (event.case === "attached") attached();
-      if (event.case === "output") for (const l of listeners) l(event.value.data);
+      if (event.case === "output") output.emit(event.value.data);
       if (event.case === "lagged") {
         for (const l of skips) l(Number(event.value.resumeOffset - event.value.skippedFromOffset));
       }
     }
   })().catch(() => {});
   await ready;
-  return { onData: (l) => listeners.push(l), onSkipped: (l) => skips.push(l) };
+  return { onData: output.onData, onSkipped: (l) => skips.push(l) };
 }
 
 function attachOpener(client: Client<typeof TerminalService>) {
