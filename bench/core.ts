@@ -2,9 +2,16 @@
  * `npm run bench:core`: core's own costs, measured against baselines in the same run.
  *
  *   start-to-prompt  StartRepl until the first byte of a shell prompt through Attach, local
- *                    mode (embedded store, local orchestrator), with the standby pool (starts
- *                    BENCH_START_PAUSE_MS apart, default 2000, so it has refilled) and without
- *                    it; baseline: a runner process started directly, until the same first byte
+ *                    mode (embedded store, local orchestrator), four ways in the same run: each
+ *                    runner in a bubblewrap sandbox (`--sandbox bwrap`, the default) and without
+ *                    isolation (`--sandbox none`), each with the standby pool (one warmed runner;
+ *                    starts BENCH_START_PAUSE_MS apart, default 2000, so it has refilled) and
+ *                    without it (every start boots a runner); the sandboxed lines give the ratio
+ *                    to the unsandboxed one of the same pool setting. Baseline: a runner process
+ *                    started directly, until the same first byte
+ *   runner-memory    RSS of the repl's runner process (`devex-runner` in /proc/<pid>/comm, found
+ *                    among the processes of the repl's sandbox) right after StartRepl and after
+ *                    BENCH_IDLE_SECONDS (default 5) idle, for each of the four setups
  *   getrepl-*        unary GetRepl with an API key, core on Redis, 64 calls in flight over one
  *                    HTTP/2 connection and over eight, driven by h2load (apt-get install
  *                    nghttp2-client); baseline: the same server kit answering a fixed repl with
@@ -13,15 +20,17 @@
  *                    (all three: bench/support/stub-core.ts)
  *
  * Prints one JSON line per measurement, then the targets. Not a test: figures vary with the
- * machine. Options (environment): BENCH_STARTS (default 20), BENCH_SECONDS (default 5).
+ * machine. Options (environment): BENCH_STARTS (default 20), BENCH_SECONDS (default 5),
+ * BENCH_IDLE_SECONDS (default 5), BENCH_SANDBOXES (default "bwrap,none"), BENCH_PARTS (default
+ * "start,getrepl": start covers start-to-prompt and runner-memory). The bwrap sandbox needs root.
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { GetReplRequestSchema, ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
 import {
@@ -38,6 +47,9 @@ import { startRedisServer } from "../services/core/test/support/redis-server.js"
 const starts = Number(process.env.BENCH_STARTS ?? 20);
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const startPauseMs = Number(process.env.BENCH_START_PAUSE_MS ?? 2000);
+const idleSeconds = Number(process.env.BENCH_IDLE_SECONDS ?? 5);
+const sandboxKinds = (process.env.BENCH_SANDBOXES ?? "bwrap,none").split(",").filter(Boolean);
+const parts = new Set((process.env.BENCH_PARTS ?? "start,getrepl").split(",").filter(Boolean));
 const concurrency = 64;
 const execFileAsync = promisify(execFile);
 
@@ -81,6 +93,91 @@ interface StartTimes {
   toPrompt: number[];
   /** StartRepl alone (until the runner is healthy), sorted. */
   startRepl: number[];
+  /** From StartRepl's answer until the first prompt byte (Attach, shell spawn), sorted. */
+  attach: number[];
+  /** Starts that core served with a standby runner (its "runner listening" log says so). */
+  standbyHits: number;
+  memory: RunnerMemory;
+}
+
+interface RunnerMemory {
+  /** RSS of the repl's runner process right after StartRepl answered, in MB. */
+  afterStartMb: number;
+  /** The same after `idleSeconds` with nothing attached, in MB. */
+  idleMb: number;
+  /** RSS of the other processes of the runner's sandbox (bwrap's own), idle, in MB. */
+  sandboxOtherMb: number;
+}
+
+/** Every process's parent, from /proc/<pid>/stat. */
+async function processParents(): Promise<Map<number, number>> {
+  const parents = new Map<number, number>();
+  for (const name of await readdir("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = await readFile(`/proc/${name}/stat`, "utf8");
+      // The name (field 2) may hold spaces and parentheses: the fields after it follow the last ")".
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      parents.set(Number(name), Number(fields[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return parents;
+}
+
+/** Resident memory of a process in MB (VmRSS), or 0 once it is gone. */
+async function rssMb(pid: number): Promise<number> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, "utf8");
+    return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) / 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * The processes of a repl's sandbox: the outermost one core recorded (`<dataDir>/runners/
+ * <replId>.json`: bwrap's shim, or the runner itself without a sandbox) and all its
+ * descendants; the runner among them is the one named `devex-runner`.
+ */
+async function sandboxProcesses(dataDir: string, replId: string): Promise<{ runner: number; others: number[] }> {
+  const record = JSON.parse(await readFile(join(dataDir, "runners", `${replId}.json`), "utf8")) as { pid: number };
+  const parents = await processParents();
+  const tree = [record.pid];
+  for (let i = 0; i < tree.length; i++) {
+    for (const [pid, parent] of parents) if (parent === tree[i]) tree.push(pid);
+  }
+  let runner = 0;
+  const others: number[] = [];
+  for (const pid of tree) {
+    const comm = await readFile(`/proc/${pid}/comm`, "utf8").catch(() => "");
+    if (comm.trim() === "devex-runner" && runner === 0) runner = pid;
+    else others.push(pid);
+  }
+  if (runner === 0) throw new Error(`no devex-runner process under pid ${record.pid} (repl ${replId})`);
+  return { runner, others };
+}
+
+/** Starts the repl, measures its runner's RSS right away and after `idleSeconds` idle, and stops it. */
+async function measureMemory(
+  dataDir: string,
+  repls: Client<typeof ReplService>,
+  replId: string,
+): Promise<RunnerMemory> {
+  await repls.startRepl({ replId });
+  try {
+    const { runner } = await sandboxProcesses(dataDir, replId);
+    const afterStartMb = await rssMb(runner);
+    await new Promise((resolve) => setTimeout(resolve, idleSeconds * 1000));
+    const { others } = await sandboxProcesses(dataDir, replId);
+    const idleMb = await rssMb(runner);
+    let sandboxOtherMb = 0;
+    for (const pid of others) sandboxOtherMb += await rssMb(pid);
+    return { afterStartMb, idleMb, sandboxOtherMb };
+  } finally {
+    await repls.stopRepl({ replId });
+  }
 }
 
 /** Starts and stops one repl `starts` times, `pauseMs` apart, on a core started with `args`. */
@@ -92,17 +189,26 @@ async function measureStarts(args: string[], pauseMs: number): Promise<StartTime
     const replId = repl?.id ?? "";
     const toPrompt: number[] = [];
     const startRepl: number[] = [];
+    const attach: number[] = [];
     for (let i = 0; i < starts; i++) {
       await new Promise((resolve) => setTimeout(resolve, pauseMs));
       const began = performance.now();
       const { access } = await repls.startRepl({ replId });
       const running = performance.now();
       await firstByte(access?.endpointUrl ?? "", access?.token ?? "");
-      toPrompt.push(performance.now() - began);
+      const prompt = performance.now();
+      toPrompt.push(prompt - began);
       startRepl.push(running - began);
+      attach.push(prompt - running);
       await repls.stopRepl({ replId });
     }
-    return { toPrompt: toPrompt.sort((a, b) => a - b), startRepl: startRepl.sort((a, b) => a - b) };
+    const standbyHits = core.service.output.filter(
+      (line) => line.includes('"msg":"runner listening"') && line.includes('"standby":true'),
+    ).length;
+    await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    const memory = await measureMemory(core.dataDir, repls, replId);
+    const sort = (values: number[]) => values.sort((a, b) => a - b);
+    return { toPrompt: sort(toPrompt), startRepl: sort(startRepl), attach: sort(attach), standbyHits, memory };
   } finally {
     await core.stop();
     await core.cleanup();
@@ -134,32 +240,85 @@ async function runnerAlone(): Promise<number[]> {
   return times.sort((a, b) => a - b);
 }
 
+const round = (value: number) => Math.round(value);
+const round1 = (value: number) => Number(value.toFixed(1));
+
 /**
- * Start to prompt with the standby pool (default: one warmed runner; starts BENCH_START_PAUSE_MS
- * apart, as people start repls, so the pool has refilled) and without it (every start spawns a
- * runner), against a runner started directly.
+ * Start to prompt, and the runner's memory, with each runner in a bwrap sandbox and without
+ * isolation, each with the standby pool (default: one warmed runner; starts
+ * BENCH_START_PAUSE_MS apart, as people start repls, so the pool has refilled) and without it
+ * (every start creates a sandbox and boots a runner), against a runner started directly.
+ * Unsandboxed cores run first, so each sandboxed line carries its ratio to them.
  */
-async function startToPrompt(): Promise<void> {
+async function startToPrompt(): Promise<{ bwrapStandbyP50?: number; idleMb: number[] }> {
   const baseline = await runnerAlone();
-  const cases = [
-    { target: "start-to-prompt", args: [], pauseMs: startPauseMs },
-    { target: "start-to-prompt-no-standby", args: ["--runner-standby-count", "0"], pauseMs: 0 },
+  const pools = [
+    { pool: "standby", args: [] as string[], pauseMs: startPauseMs },
+    { pool: "no-standby", args: ["--runner-standby-count", "0"], pauseMs: 0 },
   ];
-  for (const { target, args, pauseMs } of cases) {
-    const { toPrompt, startRepl } = await measureStarts(args, pauseMs);
-    console.log(
-      JSON.stringify({
-        target,
-        starts,
-        pause_between_starts_ms: pauseMs,
-        p50_ms: Math.round(percentile(toPrompt, 50)),
-        p99_ms: Math.round(percentile(toPrompt, 99)),
-        start_repl_p50_ms: Math.round(percentile(startRepl, 50)),
-        runner_alone_p50_ms: Math.round(percentile(baseline, 50)),
-        ratio_vs_runner_alone: Number((percentile(toPrompt, 50) / percentile(baseline, 50)).toFixed(2)),
-      }),
-    );
+  const results = new Map<string, StartTimes>();
+  const ordered = [...sandboxKinds].sort((a, b) => (a === "none" ? -1 : b === "none" ? 1 : 0));
+  for (const sandbox of ordered) {
+    for (const { pool, args, pauseMs } of pools) {
+      results.set(`${sandbox}/${pool}`, await measureStarts(["--sandbox", sandbox, ...args], pauseMs));
+    }
   }
+  const idleMb: number[] = [];
+  for (const sandbox of sandboxKinds) {
+    for (const { pool, pauseMs } of pools) {
+      const measured = results.get(`${sandbox}/${pool}`);
+      if (!measured) continue;
+      const { toPrompt, startRepl, attach, standbyHits } = measured;
+      const unsandboxed = sandbox === "none" ? undefined : results.get(`none/${pool}`);
+      console.log(
+        JSON.stringify({
+          target: `start-to-prompt-${sandbox}-${pool}`,
+          starts,
+          standby_hits: standbyHits,
+          pause_between_starts_ms: pauseMs,
+          p50_ms: round(percentile(toPrompt, 50)),
+          p99_ms: round(percentile(toPrompt, 99)),
+          start_repl_p50_ms: round(percentile(startRepl, 50)),
+          attach_to_prompt_p50_ms: round(percentile(attach, 50)),
+          ...(unsandboxed
+            ? {
+                no_sandbox_p50_ms: round(percentile(unsandboxed.toPrompt, 50)),
+                no_sandbox_p99_ms: round(percentile(unsandboxed.toPrompt, 99)),
+                ratio_vs_no_sandbox_p50: Number(
+                  (percentile(toPrompt, 50) / percentile(unsandboxed.toPrompt, 50)).toFixed(2),
+                ),
+                ratio_vs_no_sandbox_p99: Number(
+                  (percentile(toPrompt, 99) / percentile(unsandboxed.toPrompt, 99)).toFixed(2),
+                ),
+              }
+            : {}),
+          runner_alone_p50_ms: round(percentile(baseline, 50)),
+          ratio_vs_runner_alone: Number((percentile(toPrompt, 50) / percentile(baseline, 50)).toFixed(2)),
+        }),
+      );
+    }
+  }
+  for (const sandbox of sandboxKinds) {
+    for (const { pool } of pools) {
+      const measured = results.get(`${sandbox}/${pool}`);
+      if (!measured) continue;
+      idleMb.push(measured.memory.idleMb);
+      console.log(
+        JSON.stringify({
+          target: `runner-memory-${sandbox}-${pool}`,
+          rss_after_start_mb: round1(measured.memory.afterStartMb),
+          rss_idle_mb: round1(measured.memory.idleMb),
+          idle_seconds: idleSeconds,
+          ...(sandbox === "none" ? {} : { sandbox_other_processes_rss_mb: round1(measured.memory.sandboxOtherMb) }),
+        }),
+      );
+    }
+  }
+  const bwrapStandby = results.get("bwrap/standby");
+  return {
+    ...(bwrapStandby ? { bwrapStandbyP50: percentile(bwrapStandby.toPrompt, 50) } : {}),
+    idleMb,
+  };
 }
 
 interface Throughput {
@@ -262,8 +421,16 @@ async function getReplThroughput(): Promise<void> {
   }
 }
 
-await startToPrompt();
-await getReplThroughput();
+if (parts.has("start")) {
+  const { bwrapStandbyP50, idleMb } = await startToPrompt();
+  const memoryMet = idleMb.every((mb) => mb < 80);
+  console.log(
+    `start: bwrap with standby p50 ${bwrapStandbyP50 === undefined ? "not measured" : `${Math.round(bwrapStandbyP50)} ms (${bwrapStandbyP50 < 300 ? "met" : "MISSED"})`}; ` +
+      `runner idle RSS max ${Math.max(...idleMb).toFixed(1)} MB (${memoryMet ? "met" : "MISSED"})`,
+  );
+}
+if (parts.has("getrepl")) await getReplThroughput();
 console.log(
-  "targets: start-to-prompt p50 < 300 ms; getrepl >= 5000 calls/s with p99 < 20 ms, over one connection and over several",
+  "targets: start-to-prompt with the sandbox (bwrap, standby) p50 < 300 ms; runner idle RSS < 80 MB; " +
+    "getrepl >= 5000 calls/s with p99 < 20 ms, over one connection and over several",
 );

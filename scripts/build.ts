@@ -7,6 +7,7 @@
  */
 
 import { execFileSync } from "node:child_process";
+import { copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { build } from "esbuild";
 
@@ -35,6 +36,13 @@ for (const entry of entries) {
     logLevel: "warning",
   });
 }
+
+// The sandbox's seccomp filter is compiled at run time by a script that lives beside the code
+// that runs it (libseccomp's Python bindings): the bundle needs it beside itself too.
+copyFileSync(
+  join(root, "services/core/src/orchestrator/local/sandbox/seccomp-filter.py"),
+  join(root, "services/core/dist/seccomp-filter.py"),
+);
 
 for (const workspace of ["sdk", "cli"]) {
   execFileSync("npm", ["run", "--silent", "build", "--workspace", workspace], { cwd: root, stdio: "inherit" });

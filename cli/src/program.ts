@@ -3,6 +3,7 @@ import { ExitCode, UsageError } from "./cli-error.js";
 import { login, logout } from "./commands/auth.js";
 import { copy } from "./commands/cp.js";
 import { execCommand } from "./commands/exec.js";
+import { openPreview, ports } from "./commands/ports.js";
 import { createRepl, listRepls, removeRepls, startRepl, stopRepl } from "./commands/repls.js";
 import { shell } from "./commands/shell.js";
 import { snapshots } from "./commands/snapshots.js";
@@ -173,6 +174,23 @@ Exit status: 0 ok, 1 failure, 2 usage error; exec and shell exit with the remote
       "\nExamples:\n  devex cp ./app.js myrepl:/app.js\n  devex cp -r myrepl:/src ./src\nRepl paths are relative to the workspace root.\n",
     )
     .action(act(copy));
+
+  program
+    .command("open")
+    .description("print the URL at which a browser opens a repl's web app (a private port's URL signs you in)")
+    .argument("<repl>", "id or name")
+    .argument("[port]", "the app's port inside the repl (default: the repl's first port)")
+    .action(act(openPreview));
+
+  program
+    .command("ports")
+    .description("list a repl's web ports, or make one public or private")
+    .argument("<repl>", "id or name")
+    .argument("[port]", "the port to change")
+    .option("--public", "anyone with the preview URL may open it")
+    .option("--private", "only you may open it (the default)")
+    .addHelpText("after", "\nExamples:\n  devex ports myrepl\n  devex ports myrepl 3000 --public\n")
+    .action(act(ports));
 
   program
     .command("snapshots")

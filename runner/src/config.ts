@@ -5,9 +5,9 @@ import {
   type ConfigOf,
   durationMsSchema,
   integerSchema,
-  type LoadConfigOptions,
   optional,
   patternSchema,
+  portSchema,
   serverSettings,
   setting,
   textSchema,
@@ -17,9 +17,19 @@ import {
 /** Repl ids, as core issues them. */
 export const replIdPattern = /^repl_[0-9a-z]{26}$/;
 
+/** Standby ids, as core issues them: the audience of the tokens of a standby's Assign. */
+export const standbyIdPattern = /^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$/;
+
 /** Every setting of the runner; `npm run runner -- --help` prints them. */
 export const runnerSettings = {
   ...serverSettings("runner", 8082),
+  socket: setting({
+    flag: "socket",
+    env: "DEVEX_RUNNER_SOCKET",
+    schema: optional(textSchema),
+    description:
+      "Listen on this Unix socket (made 0600) instead of a TCP port: how core reaches a runner in its sandbox. --port and --host are then ignored.",
+  }),
   workspace: setting({
     flag: "workspace",
     env: "DEVEX_RUNNER_WORKSPACE",
@@ -36,7 +46,7 @@ export const runnerSettings = {
     flag: "repl-id",
     env: "DEVEX_REPL_ID",
     schema: optional(patternSchema(replIdPattern, "must be a repl id: repl_ and 26 lower-case letters or digits")),
-    description: "The repl this runner serves: tokens must be issued for it. Required unless --dev.",
+    description: "The repl this runner serves: tokens must be issued for it. Required unless --dev or --standby.",
   }),
   tokenPublicKey: setting({
     flag: "token-public-key",
@@ -50,7 +60,27 @@ export const runnerSettings = {
     boolean: true,
     schema: withDefault(booleanSchema, false),
     description:
-      "Start warm without a repl, then wait for one assignment on stdin: a JSON line {replId, workspace, home}. Needs --token-public-key; not with --repl-id, --workspace or --dev.",
+      "Start warm without a repl: serve only health, reflection and RunnerService.Assign (core's tokens for --standby-id) until core assigns a repl, then serve it. Needs --standby-id, --socket and --token-public-key; not with --repl-id or --dev.",
+  }),
+  standbyId: setting({
+    flag: "standby-id",
+    env: "DEVEX_RUNNER_STANDBY_ID",
+    schema: optional(
+      patternSchema(
+        standbyIdPattern,
+        "must be 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit",
+      ),
+    ),
+    description: "The id core gave this standby: its Assign takes core tokens issued for it. Only with --standby.",
+  }),
+  processCgroups: setting({
+    flag: "process-cgroups",
+    env: "DEVEX_RUNNER_PROCESS_CGROUPS",
+    schema: optional(
+      patternSchema(/^\/[^,]*(,\/[^,]*)*$/, "must be absolute cgroup directory paths separated by commas"),
+    ),
+    description:
+      "Cgroup directories (comma-separated, one per hierarchy) that every program the runner starts for the user enters before it runs; a program that cannot enter them is not started. Default: none (the runner's own cgroup).",
   }),
   dev: setting({
     flag: "dev",
@@ -97,6 +127,27 @@ export const runnerSettings = {
     description:
       "How long an exited process or session stays listed with its exit status, in ms (at least 60000). Default 300000.",
   }),
+  previewSocket: setting({
+    flag: "preview-socket",
+    env: "DEVEX_RUNNER_PREVIEW_SOCKET",
+    schema: optional(textSchema),
+    description:
+      "A Unix socket on which the preview proxy serves the repl's web ports to core (x-devex-preview-port names the port). Default: no preview proxy unless --preview-port.",
+  }),
+  previewPort: setting({
+    flag: "preview-port",
+    env: "DEVEX_RUNNER_PREVIEW_PORT",
+    schema: optional(portSchema),
+    description:
+      "A loopback TCP port for the preview proxy instead of --preview-socket (0 picks one), for development. Default none.",
+  }),
+  egressSocket: setting({
+    flag: "egress-socket",
+    env: "DEVEX_RUNNER_EGRESS_SOCKET",
+    schema: optional(textSchema),
+    description:
+      "A Unix socket of core's egress proxy (--sandbox-network allowlist): the runner forwards 127.0.0.1:3128 in the sandbox to it and points programs' HTTP_PROXY/HTTPS_PROXY there. Default: no outbound access.",
+  }),
   keepaliveMs: setting({
     flag: "keepalive-ms",
     env: "DEVEX_RUNNER_KEEPALIVE_MS",
@@ -108,25 +159,30 @@ export const runnerSettings = {
 /** The runner's validated configuration. */
 export type RunnerConfig = ConfigOf<typeof runnerSettings>;
 
+/** The directories of `--process-cgroups`, in order; empty when not set. */
+export function processCgroupDirs(config: RunnerConfig): string[] {
+  return config.processCgroups ? config.processCgroups.split(",") : [];
+}
+
 /**
  * Checks what no single setting can tell about a standby (`--standby`): it learns its repl
- * and workspace from its assignment, so they must not be given as well, and it serves
- * core's tokens, so it needs core's key. `source` is where the configuration was read
- * from, to tell a workspace given from the default one. Undefined when all is well.
+ * from Assign, so no repl id may be given; core reaches it on its socket with tokens for
+ * its standby id, so it needs both and core's key; it serves core's tokens, so not --dev.
+ * Its workspace and home are given up front (the sandbox's fixed paths). A standby id
+ * without --standby is refused too. Undefined when all is well.
  */
-export function standbyConfigError(config: RunnerConfig, source: LoadConfigOptions = {}): ConfigError | undefined {
-  if (!config.standby) return undefined;
-  const argv = source.argv ?? process.argv.slice(2);
-  const env = source.env ?? process.env;
-  const given = (s: { flag: string; env: string }) =>
-    argv.some((arg) => arg === `--${s.flag}` || arg.startsWith(`--${s.flag}=`)) || Boolean(env[s.env]);
+export function standbyConfigError(config: RunnerConfig): ConfigError | undefined {
   const problems: string[] = [];
-  for (const s of [runnerSettings.replId, runnerSettings.workspace]) {
-    if (given(s)) problems.push(`  --${s.flag} (${s.env}): not with --standby, whose assignment names it`);
-  }
-  if (config.dev) problems.push("  --dev (DEVEX_RUNNER_DEV): not with --standby, which serves core's tokens");
-  if (!config.tokenPublicKey) {
-    problems.push("  --token-public-key (DEVEX_RUNNER_TOKEN_PUBLIC_KEY): required with --standby");
+  const flag = (s: { flag: string; env: string }) => `--${s.flag} (${s.env})`;
+  if (!config.standby) {
+    if (config.standbyId) problems.push(`  ${flag(runnerSettings.standbyId)}: only with --standby`);
+  } else {
+    if (config.replId)
+      problems.push(`  ${flag(runnerSettings.replId)}: not with --standby, which Assign gives its repl`);
+    if (config.dev) problems.push(`  ${flag(runnerSettings.dev)}: not with --standby, which serves core's tokens`);
+    for (const key of ["standbyId", "socket", "tokenPublicKey"] as const) {
+      if (!config[key]) problems.push(`  ${flag(runnerSettings[key])}: required with --standby`);
+    }
   }
   return problems.length > 0 ? new ConfigError(`invalid configuration:\n${problems.join("\n")}`) : undefined;
 }

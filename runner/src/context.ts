@@ -8,6 +8,7 @@ export interface RunnerContext {
   config: RunnerConfig;
   /** The workspace root: an absolute path with symlinks resolved. */
   workspace: string;
+  /** The repl served; empty while a standby waits for RunnerService.Assign, which sets it once. */
   replId: string;
   activity: Activity;
   logger: Logger;

@@ -1,4 +1,5 @@
 import type { RunnerContext } from "./context.js";
+import { egressProxyEnvironment } from "./egress.js";
 
 /** Variables of the runner's own environment that programs in the workspace inherit. */
 const inherited = ["PATH", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
@@ -22,6 +23,8 @@ export function workspaceEnvironment(ctx: RunnerContext, extra: Record<string, s
   env.COLORTERM = "truecolor";
   env.DEVEX_WORKSPACE = workspace;
   env.DEVEX_REPL_ID = replId;
+  // Outbound access, when the repl has any, goes through core's allowlist proxy.
+  if (ctx.config.egressSocket) Object.assign(env, egressProxyEnvironment());
   return { ...env, ...extra };
 }
 

@@ -1,10 +1,11 @@
 import { mkdir, readFile, realpath } from "node:fs/promises";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { ProcessService } from "@devex/gen/devex/runner/v1/process_pb.js";
 import {
+  AssignResponseSchema,
   GetStatusResponseSchema,
   RunnerService,
   RunnerState,
@@ -17,7 +18,7 @@ import type { Logger } from "pino";
 import { Activity } from "./activity.js";
 import { createRunnerAuthInterceptor } from "./auth.js";
 import type { RunnerConfig } from "./config.js";
-import type { RunnerContext } from "./context.js";
+import { assertAcceptingWork, type RunnerContext } from "./context.js";
 import { createFilesystemService } from "./filesystem/service.js";
 import { createProcessService } from "./process/service.js";
 import { createTerminalService } from "./terminal/service.js";
@@ -34,6 +35,14 @@ export interface Runner {
   shutdown(graceMs: number, reason: string): Promise<void>;
 }
 
+/** Hooks of {@link createRunner}. */
+export interface CreateRunnerOptions {
+  /** In development mode, receives the tokens the runner accepts. */
+  onDevCredentials?: (credentials: DevCredentials) => void;
+  /** A standby's Assign has given it its repl (called once). */
+  onAssigned?: (replId: string) => void;
+}
+
 /** Tokens printed in development mode. */
 export interface DevCredentials {
   replId: string;
@@ -45,16 +54,24 @@ export interface DevCredentials {
 /**
  * Builds the runner's services for one workspace. In development mode it makes its own
  * key pair and reports tokens it accepts through `onDevCredentials`.
+ *
+ * A standby (`--standby`) is built whole too, with no repl: its auth interceptor lets
+ * nothing but Assign through until Assign names the repl (see createRunnerAuthInterceptor),
+ * and from then on the same services, on the same server, serve that repl. This is simpler
+ * than swapping the router behind the server (connect-node fixes an adapter's routes when
+ * it is made, so a swap would take a second adapter and a hand-over inside the server kit),
+ * and costs nothing: the services hold no sessions, processes or watches until called, and
+ * their workspace and home are the sandbox's fixed paths, known at start.
  */
 export async function createRunner(
   config: RunnerConfig,
   logger: Logger,
-  onDevCredentials?: (credentials: DevCredentials) => void,
+  options: CreateRunnerOptions = {},
 ): Promise<Runner> {
   await recoverInterruptedImport(config.workspace, logger);
   await mkdir(config.workspace, { recursive: true });
   const workspace = await realpath(config.workspace);
-  const { publicKey, replId } = await resolveIdentity(config, onDevCredentials);
+  const { publicKey, replId } = await resolveIdentity(config, options.onDevCredentials);
   const draining = new AbortController();
   const context: RunnerContext = {
     config,
@@ -99,7 +116,7 @@ export async function createRunner(
         const lastActivityAt = activity.lastActivityAt;
         return create(GetStatusResponseSchema, {
           version: runnerVersion,
-          replId,
+          replId: context.replId,
           state,
           startedAt: timestampFromDate(startedAt),
           uptimeMs: BigInt(Date.now() - startedAt.getTime()),
@@ -112,6 +129,24 @@ export async function createRunner(
         });
       },
       ...archives,
+      assign(req) {
+        if (!config.standby) {
+          throw new ConnectError(
+            `this runner is not a standby: it was started for ${context.replId}`,
+            Code.FailedPrecondition,
+          );
+        }
+        if (context.replId !== "" && context.replId !== req.replId) {
+          throw new ConnectError(`this standby is already assigned to ${context.replId}`, Code.FailedPrecondition);
+        }
+        if (context.replId === "") {
+          assertAcceptingWork(context);
+          context.replId = req.replId;
+          logger.info({ replId: req.replId, standbyId: config.standbyId }, "assigned");
+          options.onAssigned?.(req.replId);
+        }
+        return create(AssignResponseSchema, { replId: context.replId });
+      },
       async shutdown(req) {
         const result = await drain(req.gracePeriodMs || 10_000, req.reason || "requested");
         return create(ShutdownResponseSchema, {
@@ -127,7 +162,14 @@ export async function createRunner(
   return {
     context,
     routes,
-    interceptors: [createRunnerAuthInterceptor(publicKey, replId)],
+    interceptors: [
+      createRunnerAuthInterceptor(publicKey, {
+        get replId() {
+          return context.replId || undefined;
+        },
+        standbyId: config.standby ? config.standbyId : undefined,
+      }),
+    ],
     async shutdown(graceMs, reason) {
       await drain(graceMs, reason);
     },
@@ -150,13 +192,15 @@ async function resolveIdentity(
     });
     return { publicKey, replId };
   }
-  if (!config.replId || !config.tokenPublicKey) {
+  // A standby learns its repl from Assign.
+  const replId = config.standby ? "" : config.replId;
+  if (replId === undefined || !config.tokenPublicKey) {
     throw new Error("--repl-id and --token-public-key are required unless --dev is given (see --help)");
   }
   const pem = config.tokenPublicKey.startsWith("-----BEGIN")
     ? config.tokenPublicKey
     : await readFile(config.tokenPublicKey, "utf8");
-  return { publicKey: await importSPKI(pem, "EdDSA"), replId: config.replId };
+  return { publicKey: await importSPKI(pem, "EdDSA"), replId };
 }
 
 function randomReplId(): string {

@@ -1,5 +1,6 @@
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import {
+  type ReplPort as ProtoReplPort,
   ReplState as ProtoReplState,
   type Snapshot as ProtoSnapshot,
   SnapshotReason as ProtoSnapshotReason,
@@ -12,7 +13,16 @@ import {
   WatchEventType,
 } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import type { ExitStatus } from "@devex/gen/devex/runner/v1/runner_pb.js";
-import type { FileEntry, FsEvent, ReplState, Snapshot, SnapshotReason, Template, TerminalExit } from "./types.js";
+import type {
+  FileEntry,
+  FsEvent,
+  ReplPort,
+  ReplState,
+  Snapshot,
+  SnapshotReason,
+  Template,
+  TerminalExit,
+} from "./types.js";
 
 /** A protobuf timestamp as a Date; the epoch when unset. */
 export function toDate(timestamp: Timestamp | undefined): Date {
@@ -72,6 +82,16 @@ export function toSnapshot(snapshot: ProtoSnapshot): Snapshot {
     current: snapshot.current,
     description: snapshot.description,
     restoredFromSnapshotId: snapshot.restoredFromSnapshotId,
+  };
+}
+
+/** A repl's port as the SDK shows it. */
+export function toReplPort(port: ProtoReplPort): ReplPort {
+  return {
+    number: port.number,
+    name: port.name,
+    protocol: port.protocol === PortProtocol.TCP ? "tcp" : "http",
+    public: port.public,
   };
 }
 

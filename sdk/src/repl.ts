@@ -1,10 +1,19 @@
 import type { Repl as ProtoRepl } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { CommandsModule } from "./commands.js";
-import { replStateName, toDate, toOptionalDate, toSnapshot } from "./convert.js";
+import { replStateName, toDate, toOptionalDate, toReplPort, toSnapshot } from "./convert.js";
 import { FilesystemModule } from "./filesystem.js";
 import { allPages, type Context } from "./internal/context.js";
 import { TerminalsModule } from "./terminal.js";
-import type { CallOptions, Commands, Filesystem, ReplState, Snapshot, Snapshots, Terminals } from "./types.js";
+import type {
+  CallOptions,
+  Commands,
+  Filesystem,
+  ReplPort,
+  ReplState,
+  Snapshot,
+  Snapshots,
+  Terminals,
+} from "./types.js";
 
 /**
  * A repl as of the moment it was read: its fields do not change (`refresh` reads it again). Its `fs`,
@@ -40,6 +49,8 @@ export class Repl {
   readonly currentSnapshotId: string;
   /** Free-form metadata. */
   readonly labels: Record<string, string>;
+  /** Its web ports: the template's, and any made public; see {@link Repl.previewUrl}. */
+  readonly ports: ReplPort[];
   /** Its saved workspaces. */
   readonly snapshots: Snapshots;
   /** Its workspace files (the repl must be running). */
@@ -70,6 +81,7 @@ export class Repl {
     this.idleTimeoutMs = repl.idleTimeoutMs;
     this.currentSnapshotId = repl.currentSnapshotId;
     this.labels = { ...repl.labels };
+    this.ports = repl.ports.map(toReplPort);
     const runner = context.runner(repl.id);
     this.snapshots = new SnapshotsModule(context, repl.id);
     this.fs = new FilesystemModule(context, runner);
@@ -100,6 +112,41 @@ export class Repl {
     context.runner(this.id).invalidate();
     const repl = toRepl(context, response.repl);
     return response.snapshot ? { repl, snapshot: toSnapshot(response.snapshot) } : { repl };
+  }
+
+  /**
+   * The URL at which a browser opens the web app listening on `port` inside the repl (its own host on
+   * core's preview origin). For a private port (the default) the URL signs you in: it carries a token
+   * that expires about a minute after this call, so open it soon and do not share it; the browser then
+   * keeps a cookie of the preview's host for hours. A public port's URL needs nothing and does not
+   * change. The repl need not be running (a stopped repl's preview says so).
+   *
+   * @example
+   * ```ts
+   * const repl = await devex.repls.get("my-app");
+   * console.log(await repl.previewUrl(3000)); // http://3000-repl-....localhost:8083/?devex_preview_token=...
+   * ```
+   */
+  async previewUrl(port: number, options: CallOptions = {}): Promise<string> {
+    const context = this.#context;
+    const response = await context.call(
+      (call) => context.repls.getPreviewUrl({ replId: this.id, port }, call),
+      options.signal,
+    );
+    return response.url;
+  }
+
+  /**
+   * Makes `port` public (`true`: anyone with its preview URL may open it, with no token) or private
+   * again (`false`: only you, through {@link Repl.previewUrl}). Resolves with the repl after the change.
+   */
+  async setPortVisibility(port: number, isPublic: boolean, options: CallOptions = {}): Promise<Repl> {
+    const context = this.#context;
+    const response = await context.call(
+      (call) => context.repls.setPortVisibility({ replId: this.id, port, public: isPublic }, call),
+      options.signal,
+    );
+    return toRepl(context, response.repl);
   }
 
   /** Reads the repl again. */

@@ -64,6 +64,18 @@ export interface Templates {
   get(name: string, options?: CallOptions): Promise<Template>;
 }
 
+/** A web port of a repl's app, opened in a browser through core's preview origin ({@link Repl.previewUrl}). */
+export interface ReplPort {
+  /** The TCP port inside the repl. */
+  number: number;
+  /** The template's name for it, e.g. `web`; empty for a port the template does not declare. */
+  name: string;
+  /** What it speaks. */
+  protocol: "http" | "tcp";
+  /** True when anyone with its preview URL may open it; false (the default) when only you may. */
+  public: boolean;
+}
+
 /** The lifecycle state of a repl. */
 export type ReplState = "created" | "starting" | "running" | "stopping" | "stopped" | "failed" | "deleting";
 

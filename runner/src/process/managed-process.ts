@@ -109,7 +109,10 @@ export class ManagedProcess {
       options.logger.debug({ pid: this.pid, err: error }, "process stdin failed");
     });
     child.on("error", (error) => options.logger.warn({ pid: this.pid, err: error }, "process error"));
-    child.once("exit", (code, signal) => this.onExit(code, signal));
+    // A child started behind the cgroup shim was awaited, so it may have exited already.
+    if (child.exitCode !== null || child.signalCode !== null)
+      queueMicrotask(() => this.onExit(child.exitCode, child.signalCode));
+    else child.once("exit", (code, signal) => this.onExit(code, signal));
     if (spec.timeoutMs > 0) {
       this.deadline = setTimeout(() => this.expire(), spec.timeoutMs);
       this.deadline.unref();

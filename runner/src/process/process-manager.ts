@@ -3,7 +3,7 @@ import type { ProcessConfig, ProcessSelector } from "@devex/gen/devex/runner/v1/
 import type { Logger } from "pino";
 import { resolveWorkingDirectory } from "../working-directory.js";
 import { ManagedProcess, type ProcessListener, type ProcessSpec } from "./managed-process.js";
-import { spawnChild, spawnFailure } from "./spawn.js";
+import { type StartedChild, startChild } from "./spawn.js";
 
 /** Options for {@link ProcessManager}. */
 export interface ProcessManagerOptions {
@@ -24,6 +24,8 @@ export interface ProcessManagerOptions {
   clock?: () => number;
   /** How long an exit waits for the output pipes to close, in ms (see ManagedProcessOptions). */
   stdioDrainMs?: number;
+  /** Cgroup directories every process starts in (`--process-cgroups`); none means the runner's own. */
+  cgroups?: readonly string[];
 }
 
 /** What to start; see {@link ProcessManager.start}. */
@@ -47,6 +49,8 @@ export class ProcessManager {
   /** When each exited process is forgotten, in ms since the epoch. */
   private readonly expiry = new Map<ManagedProcess, number>();
   private nextSerial = 1;
+  /** Tags of processes being started (spawned, not yet in the table), with their count. */
+  private readonly starting = { count: 0, tags: new Set<string>() };
   private readonly clock: () => number;
 
   constructor(private readonly options: ProcessManagerOptions) {
@@ -56,20 +60,21 @@ export class ProcessManager {
   /**
    * Starts a process. Errors: PERMISSION_DENIED, NOT_FOUND or FAILED_PRECONDITION for the
    * working directory; ALREADY_EXISTS for a tag of a running process; RESOURCE_EXHAUSTED at the
-   * process limit; NOT_FOUND or FAILED_PRECONDITION when the program cannot be started.
+   * process limit; NOT_FOUND or FAILED_PRECONDITION when the program cannot be started;
+   * FAILED_PRECONDITION when it cannot enter its cgroups (it then never ran).
    */
   async start(start: StartOptions): Promise<ManagedProcess> {
     const { config } = start;
     const cwd = await resolveWorkingDirectory(this.options.workspace, config.cwd);
     const argv = config.shell !== "" ? ["bash", "-lc", config.shell] : config.argv;
     if (argv.length === 0) throw new ConnectError("config: one of argv and shell is required", Code.InvalidArgument);
-    // From here to the insertion into the table nothing awaits, so two calls with the same tag
-    // cannot both pass the check.
+    // From here to the reservation nothing awaits, so two calls with the same tag cannot both
+    // pass the check; the reservation holds the tag and a slot while the program starts.
     this.prune();
-    if (config.tag !== "" && this.runningWithTag(config.tag)) {
+    if (config.tag !== "" && (this.runningWithTag(config.tag) || this.starting.tags.has(config.tag))) {
       throw new ConnectError(`a running process already has the tag "${config.tag}"`, Code.AlreadyExists);
     }
-    if (this.running() >= this.options.maxProcesses) {
+    if (this.running() + this.starting.count >= this.options.maxProcesses) {
       throw new ConnectError(
         `the runner already runs ${this.options.maxProcesses} processes, its limit`,
         Code.ResourceExhausted,
@@ -87,14 +92,22 @@ export class ProcessManager {
         this.options.outputCapBytes,
       ),
     };
-    const child = spawnChild({
-      argv,
-      env: this.options.environment(config.env),
-      cwd: cwd.absolute,
-      stdin: start.stdin,
-    });
-    if (child.pid === undefined) throw await spawnFailure(child, argv[0] ?? "");
-    const process = new ManagedProcess(child as typeof child & { pid: number }, spec, {
+    let child: StartedChild;
+    this.starting.count++;
+    if (config.tag !== "") this.starting.tags.add(config.tag);
+    try {
+      child = await startChild({
+        argv,
+        env: this.options.environment(config.env),
+        cwd: cwd.absolute,
+        stdin: start.stdin,
+        cgroups: this.options.cgroups ?? [],
+      });
+    } finally {
+      this.starting.count--;
+      this.starting.tags.delete(config.tag);
+    }
+    const process = new ManagedProcess(child, spec, {
       serial: this.nextSerial++,
       clock: this.clock,
       logger: this.options.logger,

@@ -20,6 +20,7 @@ import {
 } from "@devex/gen/devex/runner/v1/process_pb.js";
 import { KeepaliveSchema } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { Channel } from "../channel.js";
+import { processCgroupDirs } from "../config.js";
 import { assertAcceptingWork, type RunnerContext } from "../context.js";
 import { workspaceEnvironment } from "../environment.js";
 import { pageOf } from "../pagination.js";
@@ -56,6 +57,7 @@ export function createProcessService(ctx: RunnerContext): ProcessPart {
     outputCapBytes: config.processOutputCapBytes,
     exitRetentionMs: config.exitRetentionMs,
     onOutput: () => ctx.activity.touch(),
+    cgroups: processCgroupDirs(config),
   });
 
   /** A client's stream of events, with keepalives; it ends with the exit or when the client goes away. */

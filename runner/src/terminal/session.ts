@@ -25,6 +25,8 @@ export interface SessionSpec {
   label: string;
   /** argv; the first element is looked up in PATH. */
   command: string[];
+  /** What is spawned to run `command`: `command` itself, or the cgroup shim that execs it. */
+  spawnCommand: string[];
   /** The working directory, already confined to the workspace. */
   cwd: string;
   /** The same directory relative to the workspace root ("." for the root), for display. */
@@ -95,7 +97,7 @@ export class TerminalSession {
     this.scrollback = new Scrollback(env.scrollbackBytes);
     this.screen = new ScreenModel(this.scrollback, spec.cols, spec.rows);
     this.input = new InputSequencer((data) => this.write(data), { waitMs: 10_000, maxClients: 1024 });
-    const [file, ...args] = spec.command as [string, ...string[]];
+    const [file, ...args] = spec.spawnCommand as [string, ...string[]];
     this.pty = pty.spawn(file, args, {
       name: "xterm-256color",
       cols: spec.cols,

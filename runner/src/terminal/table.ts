@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
-import { access, constants, stat } from "node:fs/promises";
-import { resolve } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { processCgroupDirs } from "../config.js";
 import { assertAcceptingWork, type RunnerContext } from "../context.js";
 import { defaultShell, workspaceEnvironment } from "../environment.js";
+import { assertExecutable } from "../executable.js";
+import { assertCgroupsWritable, cgroupShimCommand } from "../process-cgroups.js";
 import { resolveWorkingDirectory } from "../working-directory.js";
 import { loadEmulator } from "./screen.js";
 import { TerminalSession } from "./session.js";
@@ -77,6 +78,10 @@ export class SessionTable {
     const command = request.command.length > 0 ? request.command : defaultShell();
     const env = workspaceEnvironment(this.ctx, request.env);
     await assertExecutable(command[0] as string, cwd, env.PATH ?? "");
+    // The shim keeps a program that cannot enter its cgroups from running, but in a PTY it
+    // can only say so on the terminal: the check here turns the usual causes into an error.
+    const cgroups = processCgroupDirs(config);
+    await assertCgroupsWritable(cgroups, command[0] as string);
     await loadEmulator();
     // The checks that concurrent creates could race on come after the last await, right
     // before the session is added.
@@ -93,6 +98,7 @@ export class SessionTable {
           id,
           label: request.label,
           command,
+          spawnCommand: cgroups.length > 0 ? cgroupShimCommand(cgroups, command, "stderr") : command,
           cwd,
           relativeCwd,
           env,
@@ -153,27 +159,4 @@ export class SessionTable {
     entry.session.dispose();
     this.entries.delete(id);
   }
-}
-
-/**
- * Fails with NOT_FOUND unless `file` names an executable: looked up in PATH unless it
- * contains a "/" (then relative to the working directory). A PTY reports a failed exec
- * only as an exit status, so the check is made before spawning.
- */
-async function assertExecutable(file: string, cwd: string, path: string): Promise<void> {
-  const candidates = file.includes("/")
-    ? [resolve(cwd, file)]
-    : path
-        .split(":")
-        .filter(Boolean)
-        .map((dir) => resolve(dir, file));
-  for (const candidate of candidates) {
-    try {
-      await access(candidate, constants.X_OK);
-      if ((await stat(candidate)).isFile()) return;
-    } catch {
-      // not this one
-    }
-  }
-  throw new ConnectError(`command "${file}" not found or not executable`, Code.NotFound);
 }

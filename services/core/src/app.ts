@@ -14,9 +14,12 @@ import { createAuthService } from "./identity/auth-service.js";
 import { createLoginRoutes } from "./identity/callback.js";
 import { createIdentity, type Identity } from "./identity/identity.js";
 import { loginProvidersFromConfig, parseAdminIdentities } from "./identity/providers/from-config.js";
-import { createLocalOrchestrator } from "./orchestrator/local.js";
+import { createOrchestrator, resourcesFor } from "./orchestrator/from-config.js";
+import { defaultRunnerResources } from "./orchestrator/orchestrator.js";
 import { createRunnerCaller } from "./orchestrator/runner-client.js";
 import { loadTokenKeys } from "./orchestrator/token-keys.js";
+import { previewAddress } from "./previews/hosts.js";
+import { type PreviewOrigin, startPreviewOrigin } from "./previews/preview-origin.js";
 import { createAdminService } from "./repls/admin-service.js";
 import { snapshotReasonOfStop } from "./repls/convert.js";
 import { createIdleMonitor } from "./repls/idle.js";
@@ -24,6 +27,7 @@ import { createReplLifecycle } from "./repls/lifecycle.js";
 import { createReconciler } from "./repls/reconciler.js";
 import { createReplService } from "./repls/repl-service.js";
 import { createReplRepository } from "./repls/repository.js";
+import { createStartCommandLauncher } from "./repls/start-command.js";
 import { createRunnerEndpoints } from "./routing/endpoints.js";
 import { createReplProxy, startReplOrigin } from "./routing/proxy.js";
 import { createSnapshots } from "./snapshots/snapshots.js";
@@ -40,6 +44,8 @@ export interface Core {
   replOrigin: Server;
   publicUrl: string;
   replPublicUrl: string;
+  /** The preview origin of repls' web ports; undefined with `--preview-port 0`. */
+  previewOrigin?: PreviewOrigin;
   /** The dev admin's API key, with `--dev-api-key`. */
   devApiKey?: string;
   /** Stops serving, stops every runner (they are local children of this core), closes the store. */
@@ -66,13 +72,12 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
   if (config.syncTemplates) await syncTemplates(resolve(config.templatesDir), objects, logger);
   const catalog = createStoreCatalog(objects, { logger });
 
-  const orchestrator = createLocalOrchestrator({
-    dataDir,
-    runnerEntry: resolve(config.runnerEntry),
-    tokenKeys,
-    logger,
-    standbyRunners: config.runnerStandbyCount,
-  });
+  if (config.sandbox === "none") {
+    logger.warn(
+      "--sandbox none: repls are NOT isolated: their programs run as core's own user, see core's data and keys, and share this machine's network",
+    );
+  }
+  const orchestrator = await createOrchestrator(config, dataDir, tokenKeys, logger);
   const runners = createRunnerCaller(tokenKeys);
   const repository = createReplRepository({ store });
   const snapshots = createSnapshots({
@@ -108,6 +113,18 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
       if (repl.currentSnapshotId) await snapshots.restoreInto(repl.id, repl.currentSnapshotId, runner, signal);
     },
     removeData: (replId) => snapshots.deleteAll(replId),
+    onRunning: createStartCommandLauncher({ templates: catalog, tokenKeys, logger }),
+    async describeRunner(repl) {
+      const template = await catalog.get(repl.templateName);
+      return {
+        replId: repl.id,
+        userId: repl.ownerUserId,
+        templateName: repl.templateName,
+        ...(template ? { image: template.runnerImage } : {}),
+        resources: resourcesFor(config, template?.resources, defaultRunnerResources),
+        ports: template?.ports.map((port) => port.number) ?? [],
+      };
+    },
   });
 
   // The servers listen first, so that port-0 URLs are known to what is built below.
@@ -163,6 +180,25 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     shutdownGraceMs: config.shutdownGraceMs,
     ...(config.corsOrigins ? { cors: { origins: config.corsOrigins } } : {}),
   });
+  const previews =
+    config.previewPort === 0
+      ? undefined
+      : previewAddress({
+          domain: config.previewDomain,
+          port: config.previewPort,
+          ...(config.previewPublicUrl ? { publicUrl: config.previewPublicUrl } : {}),
+        });
+  const previewOrigin = previews
+    ? await startPreviewOrigin({
+        port: config.previewPort,
+        host: config.host,
+        address: previews,
+        repository,
+        tokenKeys,
+        shutdownGraceMs: config.shutdownGraceMs,
+        logger,
+      })
+    : undefined;
   const publicUrl = config.publicUrl ?? api.url;
   const replPublicUrl = config.replPublicUrl ?? replOrigin.url;
 
@@ -185,6 +221,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
       tokenKeys,
       replPublicUrl,
       config,
+      ...(previews ? { previews } : {}),
       logger,
     }),
     admin: createAdminService({ lifecycle, store, orchestrator, snapshots, config, logger }),
@@ -215,11 +252,12 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     replOrigin,
     publicUrl,
     replPublicUrl,
+    ...(previewOrigin ? { previewOrigin } : {}),
     ...(devApiKey ? { devApiKey } : {}),
     close() {
       closing ??= (async () => {
         await Promise.all([idle.stop(), reconciler.stop()]);
-        await Promise.all([api.close(), replOrigin.close()]);
+        await Promise.all([api.close(), replOrigin.close(), previewOrigin?.close()]);
         await proxy.close();
         await endpoints.close();
         await lifecycle.stopAll?.("system");

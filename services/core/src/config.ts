@@ -1,5 +1,6 @@
 import {
   booleanSchema,
+  bytesSchema,
   type ConfigOf,
   corsOriginsSchema,
   durationMsSchema,
@@ -41,6 +42,27 @@ export const coreSettings = {
     schema: optional(textSchema),
     description: "The URL people reach the repl origin at. Default http://<host>:<repl port>.",
   }),
+  previewPort: setting({
+    flag: "preview-port",
+    env: "DEVEX_PREVIEW_PORT",
+    schema: withDefault(portSchema, 8083),
+    description:
+      "Port of the preview origin, which serves repls' web ports at <port>-<repl id>.<preview domain> (0 disables previews). Default 8083.",
+  }),
+  previewDomain: setting({
+    flag: "preview-domain",
+    env: "DEVEX_PREVIEW_DOMAIN",
+    schema: withDefault(textSchema, "localhost"),
+    description:
+      "The domain under which every preview has its own host (browsers resolve *.localhost to this machine). Default localhost.",
+  }),
+  previewPublicUrl: setting({
+    flag: "preview-public-url",
+    env: "DEVEX_PREVIEW_PUBLIC_URL",
+    schema: optional(textSchema),
+    description:
+      "The URL people reach previews at, behind a proxy with a wildcard name and certificate (https://preview.example.com: hosts are <port>-<repl id>.preview.example.com, cookies Secure). Default http://<preview domain>:<preview port>.",
+  }),
   corsOrigins: setting({
     flag: "cors-origins",
     env: "DEVEX_CORS_ORIGINS",
@@ -79,6 +101,62 @@ export const coreSettings = {
     schema: withDefault(integerSchema(0, 8), 1),
     description:
       "Runner processes the local orchestrator keeps started and warmed up ahead of need, so a repl start hands one its repl instead of booting a process (0 to boot one per start). Default 1.",
+  }),
+  orchestrator: setting({
+    flag: "orchestrator",
+    env: "DEVEX_ORCHESTRATOR",
+    schema: withDefault(oneOfSchema(["local"]), "local"),
+    description:
+      "Where runners run: local (one sandboxed runner process per running repl on this machine). Default local.",
+  }),
+  sandbox: setting({
+    flag: "sandbox",
+    env: "DEVEX_SANDBOX",
+    schema: withDefault(oneOfSchema(["bwrap", "none"]), "bwrap"),
+    description:
+      "How the local orchestrator confines each repl: bwrap (namespaces with bubblewrap, an unprivileged uid per repl, cgroup limits, seccomp; Linux, as root) or none (no isolation at all: only for a trusted laptop, and core warns at start). Default bwrap.",
+  }),
+  sandboxMemoryBytes: setting({
+    flag: "sandbox-memory-bytes",
+    env: "DEVEX_SANDBOX_MEMORY_BYTES",
+    schema: optional(bytesSchema(64 * 1024 * 1024, 1024 * 1024 * 1024 * 1024)),
+    description:
+      "Memory limit of every repl's programs, in bytes, overriding the template's (at least 64 MiB). Default: the template's, else 1 GiB.",
+  }),
+  sandboxCpuMillicores: setting({
+    flag: "sandbox-cpu-millicores",
+    env: "DEVEX_SANDBOX_CPU_MILLICORES",
+    schema: optional(integerSchema(100, 256_000)),
+    description:
+      "CPU limit of every repl, in thousandths of a core (1000 = one core), overriding the template's. Default: the template's, else 1000.",
+  }),
+  sandboxMaxProcesses: setting({
+    flag: "sandbox-max-processes",
+    env: "DEVEX_SANDBOX_MAX_PROCESSES",
+    schema: optional(integerSchema(16, 65_536)),
+    description:
+      "Most processes and threads a repl's programs may have at once, overriding the template's. Default: the template's, else 512.",
+  }),
+  sandboxNetwork: setting({
+    flag: "sandbox-network",
+    env: "DEVEX_SANDBOX_NETWORK",
+    schema: withDefault(oneOfSchema(["none", "allowlist"]), "none"),
+    description:
+      "Outbound network of repls: none (loopback only) or allowlist (HTTP and HTTPS through core's proxy, to --sandbox-allow-hosts only). Default none.",
+  }),
+  sandboxAllowHosts: setting({
+    flag: "sandbox-allow-hosts",
+    env: "DEVEX_SANDBOX_ALLOW_HOSTS",
+    schema: optional(textSchema),
+    description:
+      "With --sandbox-network allowlist: comma-separated host names repls may reach (example: registry.npmjs.org,*.pythonhosted.org; host:port limits the port). Default none.",
+  }),
+  sandboxUidBase: setting({
+    flag: "sandbox-uid-base",
+    env: "DEVEX_SANDBOX_UID_BASE",
+    schema: withDefault(integerSchema(1_000, 2_000_000_000), 200_000),
+    description:
+      "First host uid handed to repl sandboxes (one uid per running repl, from a range of 65536 that no host account may use). Default 200000.",
   }),
   templatesDir: setting({
     flag: "templates-dir",

@@ -9,21 +9,33 @@ await runMain({
     const logger = createLogger({ service: "core", level: config.logLevel });
     const core = await startCore(config, logger);
     logger.info(
-      { port: core.api.port, replPort: core.replOrigin.port, url: core.publicUrl, replUrl: core.replPublicUrl },
+      {
+        port: core.api.port,
+        replPort: core.replOrigin.port,
+        previewPort: core.previewOrigin?.port,
+        url: core.publicUrl,
+        replUrl: core.replPublicUrl,
+      },
       "ready",
     );
-    if (core.devApiKey) printWelcome(core.publicUrl, core.devApiKey);
+    if (core.devApiKey) printWelcome(core.publicUrl, core.replPublicUrl, config.sandbox, core.devApiKey);
     return core;
   },
 });
 
 /** What a person starting the embedded mode needs: where it is, a key, and a first call. */
-function printWelcome(url: string, apiKey: string): void {
+function printWelcome(url: string, replUrl: string, sandbox: "bwrap" | "none", apiKey: string): void {
   const target = url.replace(/\/+$/, "");
+  const isolation =
+    sandbox === "none"
+      ? "NONE (--sandbox none): code in a repl runs as core's user and can read core's keys"
+      : "bwrap: one sandbox and one unprivileged uid per repl";
   console.log(`
 Devex is running.
 
   API        ${target}
+  Repls      ${replUrl.replace(/\/+$/, "")}/<repl id>/   (runner API, with GetReplAccess's token)
+  Sandboxes  ${isolation}
   API key    ${apiKey}   (an admin key of the user "dev"; kept in the data directory)
 
 Try it:

@@ -92,6 +92,10 @@ export interface ReplRecord {
   labels: Record<string, string>;
   /** Where its runner listens (core-internal URL) while starting or running. */
   runnerEndpoint?: string;
+  /** Where its runner's preview proxy listens (`unix:/path` or a loopback URL) while running. */
+  previewEndpoint?: string;
+  /** Ports the owner made public (ReplService.SetPortVisibility), ascending; the rest are private. */
+  publicPorts?: number[];
 }
 
 /** A record with the version it was read at. */

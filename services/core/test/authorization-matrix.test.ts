@@ -55,6 +55,8 @@ const samples: Record<string, (f: Fixture) => Record<string, unknown>> = {
   ListSnapshots: (f) => ({ replId: f.aliceReplId }),
   CreateSnapshot: (f) => ({ replId: f.aliceReplId }),
   RestoreSnapshot: (f) => ({ replId: f.aliceReplId, snapshotId: fakeSnapshotId }),
+  GetPreviewUrl: (f) => ({ replId: f.aliceReplId, port: 3000 }),
+  SetPortVisibility: (f) => ({ replId: f.aliceReplId, port: 3000, public: true }),
   ListTemplates: () => ({}),
   GetTemplate: () => ({ name: "blank" }),
   ListAllRepls: () => ({}),

@@ -1,4 +1,5 @@
 import { Http2SessionManager } from "@connectrpc/connect-node";
+import { type Endpoint, endpointConnection } from "./endpoints.js";
 
 /** Options for {@link WideWindowSessionManager}. */
 export interface WideWindowOptions {
@@ -22,11 +23,13 @@ export class WideWindowSessionManager extends Http2SessionManager {
   /** Connections whose window has been widened already. */
   private readonly widened = new WeakSet<object>();
 
-  constructor(url: string | URL, options: WideWindowOptions) {
+  /** `endpoint` is an `http://host:port` URL or a `unix:/path` socket (see {@link endpointConnection}). */
+  constructor(endpoint: Endpoint, options: WideWindowOptions) {
+    const connection = endpointConnection(endpoint);
     super(
-      url,
+      connection.origin,
       options.idleConnectionTimeoutMs === undefined ? {} : { idleConnectionTimeoutMs: options.idleConnectionTimeoutMs },
-      { settings: { initialWindowSize: options.streamWindowBytes } },
+      { settings: { initialWindowSize: options.streamWindowBytes }, createConnection: () => connection.connect() },
     );
     this.connectionWindowBytes = Math.max(options.connectionWindowBytes, options.streamWindowBytes);
   }
@@ -40,4 +43,14 @@ export class WideWindowSessionManager extends Http2SessionManager {
     }
     return stream;
   }
+}
+
+/**
+ * A Connect session manager for an endpoint in either form (`http://host:port` or
+ * `unix:/path`), with Connect's defaults otherwise. Give it to connect-node's transports as
+ * `sessionManager`, with `baseUrl` set to {@link endpointConnection}'s `origin`.
+ */
+export function endpointSessionManager(endpoint: Endpoint): Http2SessionManager {
+  const connection = endpointConnection(endpoint);
+  return new Http2SessionManager(connection.origin, {}, { createConnection: () => connection.connect() });
 }

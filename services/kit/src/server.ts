@@ -1,3 +1,4 @@
+import { chmod, lstat, unlink } from "node:fs/promises";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
@@ -38,10 +39,16 @@ export interface ServerOptions {
   /** The service name used in logs and metrics (`core`, `runner`). */
   name: string;
   logger: Logger;
-  /** The TCP port; 0 picks a free one. */
-  port: number;
+  /** The TCP port; 0 picks a free one. Required unless `path` is given. */
+  port?: number;
   /** The address to listen on. Default `127.0.0.1`. */
   host?: string;
+  /**
+   * A Unix socket path to listen on instead of a TCP port (`port` and `host` are then
+   * ignored). A stale socket left there is removed first; the socket is made 0600, so only
+   * its owner (and root) can connect.
+   */
+  path?: string;
   /** Registers the service implementations. */
   routes: (router: ConnectRouter) => void;
   /**
@@ -69,9 +76,11 @@ export interface ServerOptions {
 
 /** A running server. */
 export interface Server {
-  /** The port it listens on (useful when started on port 0). */
+  /** The TCP port it listens on (useful when started on port 0); 0 on a Unix socket. */
   port: number;
-  /** `http://host:port`. */
+  /** The Unix socket path it listens on, if it listens on one. */
+  socket?: string;
+  /** `http://host:port`, or `unix:<path>` on a Unix socket. */
   url: string;
   health: HealthRegistry;
   metrics: RpcMetrics;
@@ -179,14 +188,19 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     sniff(socket, (isH2) => (isH2 ? h2 : h1).emit("connection", socket));
   });
 
+  const { path } = options;
+  if (path === undefined && options.port === undefined) throw new Error("startServer: give a port or a path");
+  if (path !== undefined) await removeStaleSocket(path);
   await new Promise<void>((resolve, reject) => {
     listener.once("error", reject);
-    listener.listen(options.port, host, () => {
+    const listening = () => {
       listener.off("error", reject);
       resolve();
-    });
+    };
+    if (path !== undefined) listener.listen(path, listening);
+    else listener.listen(options.port, host, listening);
   });
-  const address = listener.address() as net.AddressInfo;
+  if (path !== undefined) await chmod(path, 0o600);
   for (const name of serviceNames) health.set(name, ServingStatus.SERVING);
   health.set("", ServingStatus.SERVING);
 
@@ -222,15 +236,31 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     return closing;
   };
 
+  const common = { health, metrics, openRequests: () => open, close };
+  if (path !== undefined) {
+    logger.info({ socket: path }, "listening");
+    return { port: 0, socket: path, url: `unix:${path}`, ...common };
+  }
+  const address = listener.address() as net.AddressInfo;
   logger.info({ port: address.port, host }, "listening");
   return {
     port: address.port,
     url: `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`,
-    health,
-    metrics,
-    openRequests: () => open,
-    close,
+    ...common,
   };
+}
+
+/**
+ * Removes a socket file left at `path` by a server that did not close (a crash), so that
+ * listening there does not fail with EADDRINUSE. Anything else at `path` is left alone:
+ * listening then fails and says so.
+ */
+async function removeStaleSocket(path: string): Promise<void> {
+  const found = await lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return undefined;
+    throw error;
+  });
+  if (found?.isSocket()) await unlink(path);
 }
 
 /**

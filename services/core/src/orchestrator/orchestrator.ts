@@ -4,12 +4,29 @@
  * is asynchronous: `start` asks for a runner, `waitReady` waits for it to be healthy.
  */
 
+/** The limits of a repl's sandbox; every field is set (the template's value, else the server's default). */
+export interface RunnerResources {
+  /** Memory of the repl's programs together, in bytes (the runner itself is not counted). */
+  memoryBytes: number;
+  /** CPU, in thousandths of a core. */
+  cpuMillicores: number;
+  /** Processes and threads of the repl's programs at once. */
+  maxProcesses: number;
+}
+
 /** What a runner is started with. */
 export interface RunnerSpec {
   replId: string;
   /** The repl's owner (labels, logs). */
   userId: string;
   templateName: string;
+  /** The template's runner image (Kubernetes); the local driver runs the host's runner bundle instead. */
+  image?: string;
+  resources: RunnerResources;
+  /** Environment variables for the repl's programs (never core's own). */
+  env?: Record<string, string>;
+  /** The ports the template's app listens on (previews, network policies). */
+  ports?: number[];
 }
 
 /** The phase of a runner as the orchestrator sees it. */
@@ -20,8 +37,13 @@ export interface RunnerInstance {
   replId: string;
   userId: string;
   phase: RunnerPhase;
-  /** Core's URL for the runner's API (loopback for the local driver, a Service for Kubernetes). */
+  /**
+   * Where core reaches the runner's API: `unix:/path` (the local driver: a socket in a
+   * directory bound into the sandbox) or `http://host:port` (a Service on Kubernetes).
+   */
   endpoint: string;
+  /** Where core reaches the runner's preview proxy (same forms); empty while unknown. */
+  previewEndpoint?: string;
   startedAtMs: number;
   /** Why it exited or is not ready, when known. */
   detail?: string;
@@ -51,3 +73,10 @@ export interface Orchestrator {
   /** Stops watching runners; with `stopRunners`, stops every runner too (local Ctrl-C). */
   close(options?: { stopRunners?: boolean }): Promise<void>;
 }
+
+/** The limits of a repl whose template sets none and whose server overrides none. */
+export const defaultRunnerResources: RunnerResources = {
+  memoryBytes: 1024 * 1024 * 1024,
+  cpuMillicores: 1_000,
+  maxProcesses: 512,
+};

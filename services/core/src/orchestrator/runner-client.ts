@@ -10,7 +10,7 @@ import {
   ShutdownRequestSchema,
 } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
-import { type ArchiveTotals, signRunnerToken, WideWindowSessionManager } from "@devex/kit";
+import { type ArchiveTotals, endpointConnection, signRunnerToken, WideWindowSessionManager } from "@devex/kit";
 import type { RunnerInstance } from "./orchestrator.js";
 import type { TokenKeys } from "./token-keys.js";
 
@@ -77,6 +77,11 @@ export interface RunnerCaller {
    * another repl than `target.replId`: nothing it says is trusted without that check.
    */
   status(target: RunnerTarget, signal?: AbortSignal): Promise<RunnerStatus>;
+  /**
+   * Hands the standby runner at `standby.endpoint` (whose standby id is `standby.replId`, the
+   * audience of the core token it accepts) the repl `replId`.
+   */
+  assign(standby: RunnerTarget, replId: string, signal?: AbortSignal): Promise<void>;
   /** Whether `grpc.health.v1.Health/Check` at the endpoint answers SERVING; false on any failure. */
   health(endpoint: string, signal?: AbortSignal): Promise<boolean>;
   /** Drains the runner (RunnerService.Shutdown); resolves when its sessions and processes have ended. */
@@ -167,7 +172,7 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
       if (replId !== undefined) req.header.set("authorization", `Bearer ${await tokenFor(replId)}`);
       return next(req);
     };
-    return createGrpcTransport({ baseUrl: endpoint, sessionManager, interceptors: [auth] });
+    return createGrpcTransport({ baseUrl: endpointConnection(endpoint).origin, sessionManager, interceptors: [auth] });
   };
 
   return {
@@ -189,6 +194,15 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
         ...(res.idleSince ? { idleSinceMs: timestampMs(res.idleSince) } : {}),
         version: res.version,
       };
+    },
+    async assign(standby, replId, signal) {
+      const client = createClient(RunnerService, transportFor(standby.endpoint, standby.replId));
+      const res = await client.assign({ replId }, { signal, timeoutMs: callTimeoutMs });
+      if (res.replId !== replId) {
+        throw new ConnectError(`the standby at ${standby.endpoint} took ${res.replId}, not ${replId}`, Code.Internal);
+      }
+      // From now on the runner checks tokens against the repl id: the standby's are useless.
+      tokens.delete(standby.replId);
     },
     async health(endpoint, signal) {
       try {

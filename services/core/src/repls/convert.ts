@@ -3,6 +3,8 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import {
   type Repl,
+  type ReplPort,
+  ReplPortSchema,
   ReplSchema,
   ReplState,
   ReplStopReason,
@@ -10,10 +12,12 @@ import {
   SnapshotReason,
   SnapshotSchema,
 } from "@devex/gen/devex/core/v1/repl_pb.js";
+import { PortProtocol } from "@devex/gen/devex/core/v1/template_pb.js";
 import { type Caller, requireCaller } from "../auth/caller.js";
 import { effectiveScope, scopeAllows } from "../auth/scopes.js";
 import type { ReplStateName, StopReason, Versioned } from "../model.js";
 import type { SnapshotReasonName, SnapshotRecord } from "../snapshots/model.js";
+import type { TemplateRecord } from "../templates/catalog.js";
 import type { StoredRepl } from "./repository.js";
 
 const stateToProto: Readonly<Record<ReplStateName, ReplState>> = {
@@ -48,8 +52,15 @@ const stopReasonToProto: Readonly<Record<StopReason, ReplStopReason>> = {
   system: ReplStopReason.SYSTEM,
 };
 
-/** The API Repl of a stored one; `defaultIdleTimeoutMs` fills an unset idle timeout (the effective value). */
-export function toRepl(repl: Versioned<StoredRepl>, defaultIdleTimeoutMs: number): Repl {
+/**
+ * The API Repl of a stored one; `defaultIdleTimeoutMs` fills an unset idle timeout (the effective
+ * value); `templatePorts` are the ports its template declares.
+ */
+export function toRepl(
+  repl: Versioned<StoredRepl>,
+  defaultIdleTimeoutMs: number,
+  templatePorts: TemplateRecord["ports"] = [],
+): Repl {
   const { record } = repl;
   return create(ReplSchema, {
     id: record.id,
@@ -68,7 +79,26 @@ export function toRepl(repl: Versioned<StoredRepl>, defaultIdleTimeoutMs: number
     idleTimeoutMs: record.idleTimeoutMs || defaultIdleTimeoutMs,
     currentSnapshotId: record.currentSnapshotId,
     labels: { ...record.labels },
+    ports: toReplPorts(templatePorts, record.publicPorts ?? []),
   });
+}
+
+/** A repl's ports: its template's, in the template's order, then those made public that the template lacks. */
+export function toReplPorts(templatePorts: TemplateRecord["ports"], publicPorts: readonly number[]): ReplPort[] {
+  const declared = new Set(templatePorts.map((port) => port.number));
+  return [
+    ...templatePorts.map((port) => ({ ...port, public: publicPorts.includes(port.number) })),
+    ...publicPorts
+      .filter((number) => !declared.has(number))
+      .map((number) => ({ number, name: "", protocol: "http" as const, public: true })),
+  ].map((port) =>
+    create(ReplPortSchema, {
+      number: port.number,
+      name: port.name,
+      protocol: port.protocol === "http" ? PortProtocol.HTTP : PortProtocol.TCP,
+      public: port.public,
+    }),
+  );
 }
 
 const snapshotReasonToProto: Readonly<Record<SnapshotReasonName, SnapshotReason>> = {

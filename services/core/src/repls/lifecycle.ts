@@ -2,7 +2,12 @@ import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import type { ReplRecord, ReplStateName, StopReason, Versioned } from "../model.js";
-import type { Orchestrator, RunnerInstance } from "../orchestrator/orchestrator.js";
+import {
+  defaultRunnerResources,
+  type Orchestrator,
+  type RunnerInstance,
+  type RunnerSpec,
+} from "../orchestrator/orchestrator.js";
 import type { RunnerTarget } from "../orchestrator/runner-client.js";
 import { type ReplRepository, replNotFound, type StoredRepl, versionMismatch } from "./repository.js";
 
@@ -36,6 +41,16 @@ export interface ReplLifecycleOptions {
   restoreWorkspace?: RestoreWorkspace;
   /** Called when a deletion has removed the runner and the workspace, before the record goes. */
   removeData?: RemoveReplData;
+  /**
+   * Called once a start has committed running (the template's start command, say). Awaited, but
+   * a failure is only logged: the repl is running either way.
+   */
+  onRunning?: (repl: StoredRepl, runner: RunnerTarget) => Promise<void>;
+  /**
+   * Describes the runner a repl starts with (its template's image, resources, ports). Default:
+   * the template name and {@link defaultRunnerResources}.
+   */
+  describeRunner?: (repl: StoredRepl, signal: AbortSignal) => Promise<RunnerSpec>;
   logger?: Logger;
   /** Reads the time; tests move it. Default `Date.now`. */
   now?: () => number;
@@ -122,7 +137,7 @@ function settled(record: StoredRepl): StoredRepl {
 
 /** The record without the endpoint of a runner it no longer has. */
 function withoutEndpoint(record: StoredRepl): StoredRepl {
-  const { runnerEndpoint: _endpoint, ...rest } = record;
+  const { runnerEndpoint: _endpoint, previewEndpoint: _preview, ...rest } = record;
   return rest;
 }
 
@@ -197,9 +212,15 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
     let instance: RunnerInstance | undefined;
     try {
       let endpoint: string;
+      let previewEndpoint: string | undefined;
       try {
-        instance = await orchestrator.start({ replId, userId: ownerUserId, templateName }, controller.signal);
-        endpoint = (await orchestrator.waitReady(replId, startTimeoutMs, controller.signal)).endpoint;
+        const spec: RunnerSpec = options.describeRunner
+          ? await options.describeRunner(repl.record, controller.signal)
+          : { replId, userId: ownerUserId, templateName, resources: defaultRunnerResources };
+        instance = await orchestrator.start(spec, controller.signal);
+        const ready = await orchestrator.waitReady(replId, startTimeoutMs, controller.signal);
+        endpoint = ready.endpoint;
+        previewEndpoint = ready.previewEndpoint || undefined;
         await restoreWorkspace?.(repl.record, { replId, endpoint }, controller.signal);
       } catch (error) {
         throw await failStart(replId, transitionId, error, instance);
@@ -212,12 +233,18 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
               state: "running",
               failureReason: "",
               runnerEndpoint: endpoint,
+              ...(previewEndpoint ? { previewEndpoint } : {}),
               lastStartedAtMs: atMs,
               lastActiveAtMs: atMs,
             }
           : undefined,
       );
-      if (result.changed) return result.repl;
+      if (result.changed) {
+        await options.onRunning?.(result.repl.record, { replId, endpoint }).catch((error: unknown) => {
+          logger?.warn({ err: error, replId }, "a repl started, but what runs after its start failed");
+        });
+        return result.repl;
+      }
       throw await startSuperseded(replId, instance);
     } finally {
       if (starts.get(replId)?.transitionId === transitionId) starts.delete(replId);

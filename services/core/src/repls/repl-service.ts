@@ -17,6 +17,8 @@ import { mirrorId, newId } from "../ids.js";
 import type { ReplStateName, Versioned } from "../model.js";
 import type { TokenKeys } from "../orchestrator/token-keys.js";
 import { decodePageToken, encodePageToken, pageOf, pageSizeOf } from "../paging.js";
+import { type PreviewAddress, previewBaseUrl, previewTokenParam } from "../previews/hosts.js";
+import { signPreviewCredential } from "../previews/tokens.js";
 import type { SnapshotRecord } from "../snapshots/model.js";
 import type { Snapshots } from "../snapshots/snapshots.js";
 import type { TemplateCatalog } from "../templates/catalog.js";
@@ -35,10 +37,15 @@ export interface ReplServiceOptions {
   /** The URL people reach the repl origin at; access endpoints are `<replPublicUrl>/<repl id>/`. */
   replPublicUrl: string;
   config: Pick<CoreConfig, "replQuota" | "idleTimeoutMs" | "runnerTokenTtlMs">;
+  /** Where previews are served; without it (`--preview-port 0`) GetPreviewUrl is FailedPrecondition. */
+  previews?: PreviewAddress;
   logger?: Logger;
   /** Reads the time; tests move it. Default `Date.now`. */
   now?: () => number;
 }
+
+/** How long a preview URL's token may wait to be exchanged for the preview host's cookie, in ms. */
+export const previewTokenTtlMs = 60_000;
 
 /** Default interval of WatchRepl keepalives, in ms (repl.proto: 0 means 15000). */
 export const defaultKeepaliveIntervalMs = 15_000;
@@ -56,7 +63,8 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
   const now = options.now ?? Date.now;
   const replBaseUrl = options.replPublicUrl.replace(/\/+$/, "");
 
-  const repl = (value: Versioned<StoredRepl>) => toRepl(value, config.idleTimeoutMs);
+  const repl = async (value: Versioned<StoredRepl>) =>
+    toRepl(value, config.idleTimeoutMs, (await templates.get(value.record.templateName))?.ports);
 
   /** The caller's repl, or NotFound (also for another user's, so existence does not leak). */
   const owned = async (replId: string, caller: Caller): Promise<Versioned<StoredRepl>> => {
@@ -134,7 +142,9 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         );
       }
       try {
-        return { repl: repl(await repository.create({ ...record, currentSnapshotId: seeded.id }, config.replQuota)) };
+        return {
+          repl: await repl(await repository.create({ ...record, currentSnapshotId: seeded.id }, config.replQuota)),
+        };
       } catch (error) {
         await discardAll(record.id);
         throw error;
@@ -143,11 +153,11 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
 
     async getRepl(req, ctx) {
       const caller = requireCaller(ctx.values);
-      if (req.repl.case === "replId") return { repl: repl(await owned(req.repl.value, caller)) };
+      if (req.repl.case === "replId") return { repl: await repl(await owned(req.repl.value, caller)) };
       if (req.repl.case === "name") {
         const found = await repository.findByName(caller.user.id, req.repl.value);
         if (!found) throw new ConnectError(`you have no repl named ${req.repl.value}`, Code.NotFound);
-        return { repl: repl(found) };
+        return { repl: await repl(found) };
       }
       throw new ConnectError("repl_id or name is required", Code.InvalidArgument);
     },
@@ -166,7 +176,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
           labels.every(([key, value]) => record.labels[key] === value),
       });
       return {
-        repls: page.repls.map(repl),
+        repls: await Promise.all(page.repls.map(repl)),
         nextPageToken: page.done || page.lastMember === undefined ? "" : encodePageToken(page.lastMember, filters),
       };
     },
@@ -182,7 +192,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         },
         { expectedVersion: Number(req.expectedVersion) },
       );
-      return { repl: repl(result.repl) };
+      return { repl: await repl(result.repl) };
     },
 
     async updateRepl(req, ctx) {
@@ -207,7 +217,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         },
         { expectedVersion: Number(req.expectedVersion) },
       );
-      return { repl: repl(result.repl) };
+      return { repl: await repl(result.repl) };
     },
 
     async deleteRepl(req, ctx) {
@@ -232,7 +242,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         expectedVersion: Number(req.expectedVersion),
         signal: ctx.signal,
       });
-      return { repl: repl(started), access: await access(req.replId, caller) };
+      return { repl: await repl(started), access: await access(req.replId, caller) };
     },
 
     async stopRepl(req, ctx) {
@@ -243,7 +253,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         expectedVersion: Number(req.expectedVersion),
         signal: ctx.signal,
       });
-      return { repl: repl(outcome.repl), ...(await stopSnapshot(req.replId, outcome.snapshotId)) };
+      return { repl: await repl(outcome.repl), ...(await stopSnapshot(req.replId, outcome.snapshotId)) };
     },
 
     async getReplAccess(req, ctx) {
@@ -256,6 +266,46 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         );
       }
       return { access: await access(req.replId, caller) };
+    },
+
+    async getPreviewUrl(req, ctx) {
+      const caller = requireWriter(ctx);
+      const found = await owned(req.replId, caller);
+      if (!options.previews) {
+        throw new ConnectError("previews are not enabled on this server (--preview-port 0)", Code.FailedPrecondition);
+      }
+      const url = previewBaseUrl(options.previews, req.replId, req.port);
+      if ((found.record.publicPorts ?? []).includes(req.port)) return { url, public: true };
+      const { token, expiresAtMs } = await signPreviewCredential(
+        tokenKeys.privateKey,
+        "link",
+        { replId: req.replId, port: req.port, userId: caller.user.id },
+        previewTokenTtlMs,
+      );
+      return {
+        url: `${url}?${previewTokenParam}=${encodeURIComponent(token)}`,
+        expiresAt: timestampFromMs(expiresAtMs),
+        public: false,
+      };
+    },
+
+    async setPortVisibility(req, ctx) {
+      const caller = requireWriter(ctx);
+      await owned(req.replId, caller);
+      const result = await repository.update(
+        req.replId,
+        ({ record }) => {
+          notAllowedWhileDeleting(record);
+          const current = record.publicPorts ?? [];
+          if (current.includes(req.port) === req.public) return undefined;
+          const publicPorts = req.public
+            ? [...current, req.port].sort((a, b) => a - b)
+            : current.filter((port) => port !== req.port);
+          return { ...record, publicPorts };
+        },
+        { expectedVersion: Number(req.expectedVersion) },
+      );
+      return { repl: await repl(result.repl) };
     },
 
     async *watchRepl(req, ctx) {
@@ -273,7 +323,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
       ctx.signal.addEventListener("abort", () => void unsubscribe(), { once: true });
       try {
         const first = await owned(req.replId, caller);
-        yield message({ case: "repl", value: repl(first) });
+        yield message({ case: "repl", value: await repl(first) });
         let version = first.version;
         for (;;) {
           const event = await events.next(keepaliveMs, ctx.signal);
@@ -287,7 +337,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
             }
             if (current.version > version) {
               version = current.version;
-              yield message({ case: "repl", value: repl(current) });
+              yield message({ case: "repl", value: await repl(current) });
             } else {
               yield message({ case: "keepalive", value: { sentAt: timestampFromMs(now()) } });
             }
@@ -296,7 +346,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
             return;
           } else if (event.version > version) {
             version = event.version;
-            yield message({ case: "repl", value: repl({ record: event.record, version: event.version }) });
+            yield message({ case: "repl", value: await repl({ record: event.record, version: event.version }) });
           }
         }
       } finally {
@@ -345,7 +395,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
       );
       return {
         snapshot: toSnapshot(saved, result.repl.record.currentSnapshotId),
-        repl: repl(result.repl),
+        repl: await repl(result.repl),
       };
     },
 
@@ -370,7 +420,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
           },
           expected ? { expectedVersion: found.version } : {},
         );
-        return { repl: repl(result.repl), snapshot: toSnapshot(restored, restored.id) };
+        return { repl: await repl(result.repl), snapshot: toSnapshot(restored, restored.id) };
       } catch (error) {
         await snapshots.discard(req.replId, restored.id).catch((cleanup: unknown) => {
           logger?.warn({ err: cleanup, replId: req.replId }, "could not remove a restore that was not committed");

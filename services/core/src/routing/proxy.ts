@@ -8,13 +8,13 @@
 
 import type { ServerResponse } from "node:http";
 import * as http2 from "node:http2";
-import * as net from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, endStreamFlag, endStreamToJson, errorToJson } from "@connectrpc/connect/protocol-connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import {
   type CorsOptions,
+  endpointConnection,
   type HttpFallback,
   type HttpRequest,
   type HttpResponse,
@@ -84,12 +84,10 @@ export function createReplProxy(options: ReplProxyOptions): ReplProxy {
   const sessionFor = (endpoint: string): http2.ClientHttp2Session => {
     const existing = sessions.get(endpoint);
     if (existing && !existing.closed && !existing.destroyed) return existing;
-    const url = new URL(endpoint);
-    const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-    const port = Number(url.port || 80);
-    const session = http2.connect(url.origin, {
+    const connection = endpointConnection(endpoint);
+    const session = http2.connect(connection.origin, {
       // Keystrokes are small writes: no Nagle delay on the way to the runner either.
-      createConnection: () => net.connect({ host, port, noDelay: true }),
+      createConnection: () => connection.connect(),
       // The stream window bounds what core holds for a caller that does not read (Node
       // consumes the connection window at once, so a stalled stream blocks no other).
       settings: { enablePush: false, initialWindowSize: 1024 * 1024 },

@@ -11,6 +11,8 @@ export interface TemplateRecord {
   ports: { number: number; name: string; protocol: "http" | "tcp" }[];
   language: string;
   tags: string[];
+  /** The sandbox limits of its repls; each unset one is the server's default. */
+  resources?: { memoryBytes?: number; cpuMillicores?: number; maxProcesses?: number };
   /** Total bytes of the files. */
   sizeBytes: number;
   updatedAtMs: number;

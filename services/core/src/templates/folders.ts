@@ -20,6 +20,14 @@ export const manifestSchema = z.object({
   ),
   language: z.string(),
   tags: z.array(z.string().check(z.regex(namePattern))),
+  /** The sandbox limits of its repls; each unset one is the server's default. */
+  resources: z.optional(
+    z.object({
+      memoryBytes: z.optional(z.number().check(z.int(), z.gte(64 * 1024 * 1024))),
+      cpuMillicores: z.optional(z.number().check(z.int(), z.gte(100), z.lte(256_000))),
+      maxProcesses: z.optional(z.number().check(z.int(), z.gte(16), z.lte(65_536))),
+    }),
+  ),
 });
 
 /** A template folder that could not be loaded. */

@@ -52,5 +52,10 @@ export function toTemplate(template: TemplateRecord): Template {
     tags: template.tags,
     updatedAt: timestampFromMs(template.updatedAtMs),
     sizeBytes: BigInt(template.sizeBytes),
+    resources: {
+      memoryBytes: BigInt(template.resources?.memoryBytes ?? 0),
+      cpuMillicores: template.resources?.cpuMillicores ?? 0,
+      maxProcesses: template.resources?.maxProcesses ?? 0,
+    },
   });
 }

@@ -33,7 +33,19 @@ export async function startCoreProcess(
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), "devex-core-test-")));
   const service = await spawnService(
     "services/core/dist/main.js",
-    ["--repl-port", "0", "--data-dir", dir, "--dev-login", "--dev-api-key", "--log-level", "info", ...extraArgs],
+    [
+      "--repl-port",
+      "0",
+      // Tests that use previews pass a free port of their own.
+      ...(extraArgs.includes("--preview-port") ? [] : ["--preview-port", "0"]),
+      "--data-dir",
+      dir,
+      "--dev-login",
+      "--dev-api-key",
+      "--log-level",
+      "info",
+      ...extraArgs,
+    ],
     {},
     nodeOptions,
     "ready",

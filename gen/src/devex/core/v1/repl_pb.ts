@@ -5,6 +5,8 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
+import type { PortProtocol } from "./template_pb.js";
+import { file_devex_core_v1_template } from "./template_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -13,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file devex/core/v1/repl.proto.
  */
 export const file_devex_core_v1_repl: GenFile = /*@__PURE__*/
-  fileDesc("ChhkZXZleC9jb3JlL3YxL3JlcGwucHJvdG8SDWRldmV4LmNvcmUudjEi6AQKBFJlcGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIVCg1vd25lcl91c2VyX2lkGAMgASgJEhUKDXRlbXBsYXRlX25hbWUYBCABKAkSJwoFc3RhdGUYBSABKA4yGC5kZXZleC5jb3JlLnYxLlJlcGxTdGF0ZRIPCgd2ZXJzaW9uGAYgASgEEhYKDmZhaWx1cmVfcmVhc29uGAcgASgJEjIKC3N0b3BfcmVhc29uGAggASgOMh0uZGV2ZXguY29yZS52MS5SZXBsU3RvcFJlYXNvbhIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfc3RvcHBlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9hY3RpdmVfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2lkbGVfdGltZW91dF9tcxgOIAEoDRIbChNjdXJyZW50X3NuYXBzaG90X2lkGA8gASgJEi8KBmxhYmVscxgQIAMoCzIfLmRldmV4LmNvcmUudjEuUmVwbC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInIKClJlcGxBY2Nlc3MSDwoHcmVwbF9pZBgBIAEoCRIUCgxlbmRwb2ludF91cmwYAiABKAkSDQoFdG9rZW4YAyABKAkSLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiuwIKCFNuYXBzaG90EgoKAmlkGAEgASgJEg8KB3JlcGxfaWQYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoGcmVhc29uGAQgASgOMh0uZGV2ZXguY29yZS52MS5TbmFwc2hvdFJlYXNvbhISCgpmaWxlX2NvdW50GAUgASgNEhIKCnNpemVfYnl0ZXMYBiABKAQSGgoSY29udGVudF9zaXplX2J5dGVzGAcgASgEEg4KBnNoYTI1NhgIIAEoCRIWCg5ydW5uZXJfdmVyc2lvbhgJIAEoCRIPCgdjdXJyZW50GAogASgIEhMKC2Rlc2NyaXB0aW9uGAsgASgJEiEKGXJlc3RvcmVkX2Zyb21fc25hcHNob3RfaWQYDCABKAkiPgoPU3RyZWFtS2VlcGFsaXZlEisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk4KC1JlcGxEZWxldGVkEg8KB3JlcGxfaWQYASABKAkSLgoKZGVsZXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi+AIKEUNyZWF0ZVJlcGxSZXF1ZXN0EjkKBG5hbWUYASABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSQgoNdGVtcGxhdGVfbmFtZRgCIAEoCUIrukgociYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JBIqCg9pZGxlX3RpbWVvdXRfbXMYAyABKA1CEbpIDtgBASoJGIC4mSko4NQDEogBCgZsYWJlbHMYBCADKAsyLC5kZXZleC5jb3JlLnYxLkNyZWF0ZVJlcGxSZXF1ZXN0LkxhYmVsc0VudHJ5Qkq6SEeaAUQQQCIrcikyJ15bYS16MC05XShbYS16MC05Ll8vLV17MCw2MX1bYS16MC05XSk/JCoTchEYgAIyDF5bXlxwe0NjfV0qJBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjcKEkNyZWF0ZVJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsIosBCg5HZXRSZXBsUmVxdWVzdBItCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JEgAEjsKBG5hbWUYAiABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyRIAEINCgRyZXBsEgW6SAIIASI0Cg9HZXRSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCLFAgoQTGlzdFJlcGxzUmVxdWVzdBIbCglwYWdlX3NpemUYASABKA1CCLpIBSoDGOgHEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAIEj0KBnN0YXRlcxgDIAMoDjIYLmRldmV4LmNvcmUudjEuUmVwbFN0YXRlQhO6SBCSAQ0QBxgBIgeCAQQQASAAEocBCgZsYWJlbHMYBCADKAsyKy5kZXZleC5jb3JlLnYxLkxpc3RSZXBsc1JlcXVlc3QuTGFiZWxzRW50cnlCSrpIR5oBRBBAIityKTInXlthLXowLTldKFthLXowLTkuXy8tXXswLDYxfVthLXowLTldKT8kKhNyERiAAjIMXlteXHB7Q2N9XSokGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUAoRTGlzdFJlcGxzUmVzcG9uc2USIgoFcmVwbHMYASADKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIpUBChFSZW5hbWVSZXBsUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBI5CgRuYW1lGAIgASgJQiu6SChyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAyABKAQiNwoSUmVuYW1lUmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwitgQKEVVwZGF0ZVJlcGxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAQSsQEKD2lkbGVfdGltZW91dF9tcxgDIAEoDUKSAbpIjgG6AYoBChVpZGxlX3RpbWVvdXRfbXMucmFuZ2USPG11c3QgYmUgMCAodGhlIHNlcnZlciBkZWZhdWx0KSBvciBiZXR3ZWVuIDYwMDAwIGFuZCA4NjQwMDAwMBozdGhpcyA9PSAwdSB8fCAodGhpcyA+PSA2MDAwMHUgJiYgdGhpcyA8PSA4NjQwMDAwMHUpSACIAQESjwEKCnNldF9sYWJlbHMYBCADKAsyLy5kZXZleC5jb3JlLnYxLlVwZGF0ZVJlcGxSZXF1ZXN0LlNldExhYmVsc0VudHJ5Qkq6SEeaAUQQQCIrcikyJ15bYS16MC05XShbYS16MC05Ll8vLV17MCw2MX1bYS16MC05XSk/JCoTchEYgAIyDF5bXlxwe0NjfV0qJBJOCg1yZW1vdmVfbGFiZWxzGAUgAygJQje6SDSSATEQQBgBIityKTInXlthLXowLTldKFthLXowLTkuXy8tXXswLDYxfVthLXowLTldKT8kGjAKDlNldExhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCEgoQX2lkbGVfdGltZW91dF9tcyI3ChJVcGRhdGVSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCJxChFEZWxldGVSZXBsUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIYChBleHBlY3RlZF92ZXJzaW9uGAIgASgEEhUKDWFsbG93X21pc3NpbmcYAyABKAgiFAoSRGVsZXRlUmVwbFJlc3BvbnNlIlkKEFN0YXJ0UmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBCJhChFTdGFydFJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsEikKBmFjY2VzcxgCIAEoCzIZLmRldmV4LmNvcmUudjEuUmVwbEFjY2VzcyJYCg9TdG9wUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBCJgChBTdG9wUmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwSKQoIc25hcHNob3QYAiABKAsyFy5kZXZleC5jb3JlLnYxLlNuYXBzaG90IkMKFEdldFJlcGxBY2Nlc3NSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kIkIKFUdldFJlcGxBY2Nlc3NSZXNwb25zZRIpCgZhY2Nlc3MYASABKAsyGS5kZXZleC5jb3JlLnYxLlJlcGxBY2Nlc3MibwoQV2F0Y2hSZXBsUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIuChVrZWVwYWxpdmVfaW50ZXJ2YWxfbXMYAiABKA1CD7pIDNgBASoHGLDqASjoByKlAQoRV2F0Y2hSZXBsUmVzcG9uc2USIwoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbEgAEjMKCWtlZXBhbGl2ZRgCIAEoCzIeLmRldmV4LmNvcmUudjEuU3RyZWFtS2VlcGFsaXZlSAASLQoHZGVsZXRlZBgDIAEoCzIaLmRldmV4LmNvcmUudjEuUmVwbERlbGV0ZWRIAEIHCgVldmVudCJ+ChRMaXN0U25hcHNob3RzUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIbCglwYWdlX3NpemUYAiABKA1CCLpIBSoDGOgHEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAIIlwKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kZXZleC5jb3JlLnYxLlNuYXBzaG90EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKLAQoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAQSKwoLZGVzY3JpcHRpb24YAyABKAlCFrpIE3IRGIACMgxeW15ccHtDY31dKiQiZgoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmRldmV4LmNvcmUudjEuU25hcHNob3QSIQoEcmVwbBgCIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCKQAQoWUmVzdG9yZVNuYXBzaG90UmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIvCgtzbmFwc2hvdF9pZBgCIAEoCUIaukgXchUyE15zbmFwX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBCJnChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsEikKCHNuYXBzaG90GAIgASgLMhcuZGV2ZXguY29yZS52MS5TbmFwc2hvdCrRAQoJUmVwbFN0YXRlEhoKFlJFUExfU1RBVEVfVU5TUEVDSUZJRUQQABIWChJSRVBMX1NUQVRFX0NSRUFURUQQARIXChNSRVBMX1NUQVRFX1NUQVJUSU5HEAISFgoSUkVQTF9TVEFURV9SVU5OSU5HEAMSFwoTUkVQTF9TVEFURV9TVE9QUElORxAEEhYKElJFUExfU1RBVEVfU1RPUFBFRBAFEhUKEVJFUExfU1RBVEVfRkFJTEVEEAYSFwoTUkVQTF9TVEFURV9ERUxFVElORxAHKqEBCg5SZXBsU3RvcFJlYXNvbhIgChxSRVBMX1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASGQoVUkVQTF9TVE9QX1JFQVNPTl9VU0VSEAESGQoVUkVQTF9TVE9QX1JFQVNPTl9JRExFEAISGgoWUkVQTF9TVE9QX1JFQVNPTl9BRE1JThADEhsKF1JFUExfU1RPUF9SRUFTT05fU1lTVEVNEAQqhwIKDlNuYXBzaG90UmVhc29uEh8KG1NOQVBTSE9UX1JFQVNPTl9VTlNQRUNJRklFRBAAEhgKFFNOQVBTSE9UX1JFQVNPTl9TVE9QEAESHQoZU05BUFNIT1RfUkVBU09OX0lETEVfU1RPUBACEhoKFlNOQVBTSE9UX1JFQVNPTl9NQU5VQUwQAxIhCh1TTkFQU0hPVF9SRUFTT05fVEVNUExBVEVfU0VFRBAEEhsKF1NOQVBTSE9UX1JFQVNPTl9SRVNUT1JFEAUSHgoaU05BUFNIT1RfUkVBU09OX0FETUlOX1NUT1AQBhIfChtTTkFQU0hPVF9SRUFTT05fU1lTVEVNX1NUT1AQBzKICQoLUmVwbFNlcnZpY2USUQoKQ3JlYXRlUmVwbBIgLmRldmV4LmNvcmUudjEuQ3JlYXRlUmVwbFJlcXVlc3QaIS5kZXZleC5jb3JlLnYxLkNyZWF0ZVJlcGxSZXNwb25zZRJNCgdHZXRSZXBsEh0uZGV2ZXguY29yZS52MS5HZXRSZXBsUmVxdWVzdBoeLmRldmV4LmNvcmUudjEuR2V0UmVwbFJlc3BvbnNlIgOQAgESUwoJTGlzdFJlcGxzEh8uZGV2ZXguY29yZS52MS5MaXN0UmVwbHNSZXF1ZXN0GiAuZGV2ZXguY29yZS52MS5MaXN0UmVwbHNSZXNwb25zZSIDkAIBElYKClJlbmFtZVJlcGwSIC5kZXZleC5jb3JlLnYxLlJlbmFtZVJlcGxSZXF1ZXN0GiEuZGV2ZXguY29yZS52MS5SZW5hbWVSZXBsUmVzcG9uc2UiA5ACAhJWCgpVcGRhdGVSZXBsEiAuZGV2ZXguY29yZS52MS5VcGRhdGVSZXBsUmVxdWVzdBohLmRldmV4LmNvcmUudjEuVXBkYXRlUmVwbFJlc3BvbnNlIgOQAgISVgoKRGVsZXRlUmVwbBIgLmRldmV4LmNvcmUudjEuRGVsZXRlUmVwbFJlcXVlc3QaIS5kZXZleC5jb3JlLnYxLkRlbGV0ZVJlcGxSZXNwb25zZSIDkAICElMKCVN0YXJ0UmVwbBIfLmRldmV4LmNvcmUudjEuU3RhcnRSZXBsUmVxdWVzdBogLmRldmV4LmNvcmUudjEuU3RhcnRSZXBsUmVzcG9uc2UiA5ACAhJQCghTdG9wUmVwbBIeLmRldmV4LmNvcmUudjEuU3RvcFJlcGxSZXF1ZXN0Gh8uZGV2ZXguY29yZS52MS5TdG9wUmVwbFJlc3BvbnNlIgOQAgISWgoNR2V0UmVwbEFjY2VzcxIjLmRldmV4LmNvcmUudjEuR2V0UmVwbEFjY2Vzc1JlcXVlc3QaJC5kZXZleC5jb3JlLnYxLkdldFJlcGxBY2Nlc3NSZXNwb25zZRJVCglXYXRjaFJlcGwSHy5kZXZleC5jb3JlLnYxLldhdGNoUmVwbFJlcXVlc3QaIC5kZXZleC5jb3JlLnYxLldhdGNoUmVwbFJlc3BvbnNlIgOQAgEwARJfCg1MaXN0U25hcHNob3RzEiMuZGV2ZXguY29yZS52MS5MaXN0U25hcHNob3RzUmVxdWVzdBokLmRldmV4LmNvcmUudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlIgOQAgESXQoOQ3JlYXRlU25hcHNob3QSJC5kZXZleC5jb3JlLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBolLmRldmV4LmNvcmUudjEuQ3JlYXRlU25hcHNob3RSZXNwb25zZRJgCg9SZXN0b3JlU25hcHNob3QSJS5kZXZleC5jb3JlLnYxLlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QaJi5kZXZleC5jb3JlLnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChhkZXZleC9jb3JlL3YxL3JlcGwucHJvdG8SDWRldmV4LmNvcmUudjEikAUKBFJlcGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIVCg1vd25lcl91c2VyX2lkGAMgASgJEhUKDXRlbXBsYXRlX25hbWUYBCABKAkSJwoFc3RhdGUYBSABKA4yGC5kZXZleC5jb3JlLnYxLlJlcGxTdGF0ZRIPCgd2ZXJzaW9uGAYgASgEEhYKDmZhaWx1cmVfcmVhc29uGAcgASgJEjIKC3N0b3BfcmVhc29uGAggASgOMh0uZGV2ZXguY29yZS52MS5SZXBsU3RvcFJlYXNvbhIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfc3RvcHBlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9hY3RpdmVfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2lkbGVfdGltZW91dF9tcxgOIAEoDRIbChNjdXJyZW50X3NuYXBzaG90X2lkGA8gASgJEi8KBmxhYmVscxgQIAMoCzIfLmRldmV4LmNvcmUudjEuUmVwbC5MYWJlbHNFbnRyeRImCgVwb3J0cxgRIAMoCzIXLmRldmV4LmNvcmUudjEuUmVwbFBvcnQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJnCghSZXBsUG9ydBIOCgZudW1iZXIYASABKA0SDAoEbmFtZRgCIAEoCRItCghwcm90b2NvbBgDIAEoDjIbLmRldmV4LmNvcmUudjEuUG9ydFByb3RvY29sEg4KBnB1YmxpYxgEIAEoCCJyCgpSZXBsQWNjZXNzEg8KB3JlcGxfaWQYASABKAkSFAoMZW5kcG9pbnRfdXJsGAIgASgJEg0KBXRva2VuGAMgASgJEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrsCCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdyZXBsX2lkGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBnJlYXNvbhgEIAEoDjIdLmRldmV4LmNvcmUudjEuU25hcHNob3RSZWFzb24SEgoKZmlsZV9jb3VudBgFIAEoDRISCgpzaXplX2J5dGVzGAYgASgEEhoKEmNvbnRlbnRfc2l6ZV9ieXRlcxgHIAEoBBIOCgZzaGEyNTYYCCABKAkSFgoOcnVubmVyX3ZlcnNpb24YCSABKAkSDwoHY3VycmVudBgKIAEoCBITCgtkZXNjcmlwdGlvbhgLIAEoCRIhChlyZXN0b3JlZF9mcm9tX3NuYXBzaG90X2lkGAwgASgJIj4KD1N0cmVhbUtlZXBhbGl2ZRIrCgdzZW50X2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJOCgtSZXBsRGVsZXRlZBIPCgdyZXBsX2lkGAEgASgJEi4KCmRlbGV0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvgCChFDcmVhdGVSZXBsUmVxdWVzdBI5CgRuYW1lGAEgASgJQiu6SChyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kEkIKDXRlbXBsYXRlX25hbWUYAiABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSKgoPaWRsZV90aW1lb3V0X21zGAMgASgNQhG6SA7YAQEqCRiAuJkpKODUAxKIAQoGbGFiZWxzGAQgAygLMiwuZGV2ZXguY29yZS52MS5DcmVhdGVSZXBsUmVxdWVzdC5MYWJlbHNFbnRyeUJKukhHmgFEEEAiK3IpMideW2EtejAtOV0oW2EtejAtOS5fLy1dezAsNjF9W2EtejAtOV0pPyQqE3IRGIACMgxeW15ccHtDY31dKiQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI3ChJDcmVhdGVSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCKLAQoOR2V0UmVwbFJlcXVlc3QSLQoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSRIABI7CgRuYW1lGAIgASgJQiu6SChyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kSABCDQoEcmVwbBIFukgCCAEiNAoPR2V0UmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwixQIKEExpc3RSZXBsc1JlcXVlc3QSGwoJcGFnZV9zaXplGAEgASgNQgi6SAUqAxjoBxIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiACBI9CgZzdGF0ZXMYAyADKA4yGC5kZXZleC5jb3JlLnYxLlJlcGxTdGF0ZUITukgQkgENEAcYASIHggEEEAEgABKHAQoGbGFiZWxzGAQgAygLMisuZGV2ZXguY29yZS52MS5MaXN0UmVwbHNSZXF1ZXN0LkxhYmVsc0VudHJ5Qkq6SEeaAUQQQCIrcikyJ15bYS16MC05XShbYS16MC05Ll8vLV17MCw2MX1bYS16MC05XSk/JCoTchEYgAIyDF5bXlxwe0NjfV0qJBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlAKEUxpc3RSZXBsc1Jlc3BvbnNlEiIKBXJlcGxzGAEgAygLMhMuZGV2ZXguY29yZS52MS5SZXBsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKVAQoRUmVuYW1lUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSOQoEbmFtZRgCIAEoCUIrukgociYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JBIYChBleHBlY3RlZF92ZXJzaW9uGAMgASgEIjcKElJlbmFtZVJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsIrYEChFVcGRhdGVSZXBsUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIYChBleHBlY3RlZF92ZXJzaW9uGAIgASgEErEBCg9pZGxlX3RpbWVvdXRfbXMYAyABKA1CkgG6SI4BugGKAQoVaWRsZV90aW1lb3V0X21zLnJhbmdlEjxtdXN0IGJlIDAgKHRoZSBzZXJ2ZXIgZGVmYXVsdCkgb3IgYmV0d2VlbiA2MDAwMCBhbmQgODY0MDAwMDAaM3RoaXMgPT0gMHUgfHwgKHRoaXMgPj0gNjAwMDB1ICYmIHRoaXMgPD0gODY0MDAwMDB1KUgAiAEBEo8BCgpzZXRfbGFiZWxzGAQgAygLMi8uZGV2ZXguY29yZS52MS5VcGRhdGVSZXBsUmVxdWVzdC5TZXRMYWJlbHNFbnRyeUJKukhHmgFEEEAiK3IpMideW2EtejAtOV0oW2EtejAtOS5fLy1dezAsNjF9W2EtejAtOV0pPyQqE3IRGIACMgxeW15ccHtDY31dKiQSTgoNcmVtb3ZlX2xhYmVscxgFIAMoCUI3ukg0kgExEEAYASIrcikyJ15bYS16MC05XShbYS16MC05Ll8vLV17MCw2MX1bYS16MC05XSk/JBowCg5TZXRMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQhIKEF9pZGxlX3RpbWVvdXRfbXMiNwoSVXBkYXRlUmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwicQoRRGVsZXRlUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBBIVCg1hbGxvd19taXNzaW5nGAMgASgIIhQKEkRlbGV0ZVJlcGxSZXNwb25zZSJZChBTdGFydFJlcGxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAQiYQoRU3RhcnRSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbBIpCgZhY2Nlc3MYAiABKAsyGS5kZXZleC5jb3JlLnYxLlJlcGxBY2Nlc3MiWAoPU3RvcFJlcGxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAQiYAoQU3RvcFJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsEikKCHNuYXBzaG90GAIgASgLMhcuZGV2ZXguY29yZS52MS5TbmFwc2hvdCJDChRHZXRSZXBsQWNjZXNzUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JCJCChVHZXRSZXBsQWNjZXNzUmVzcG9uc2USKQoGYWNjZXNzGAEgASgLMhkuZGV2ZXguY29yZS52MS5SZXBsQWNjZXNzIl4KFEdldFByZXZpZXdVcmxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhkKBHBvcnQYAiABKA1CC7pICCoGGP//AygBImQKFUdldFByZXZpZXdVcmxSZXNwb25zZRILCgN1cmwYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcHVibGljGAMgASgIIowBChhTZXRQb3J0VmlzaWJpbGl0eVJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGQoEcG9ydBgCIAEoDUILukgIKgYY//8DKAESDgoGcHVibGljGAMgASgIEhgKEGV4cGVjdGVkX3ZlcnNpb24YBCABKAQiPgoZU2V0UG9ydFZpc2liaWxpdHlSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsIm8KEFdhdGNoUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSLgoVa2VlcGFsaXZlX2ludGVydmFsX21zGAIgASgNQg+6SAzYAQEqBxiw6gEo6AcipQEKEVdhdGNoUmVwbFJlc3BvbnNlEiMKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGxIABIzCglrZWVwYWxpdmUYAiABKAsyHi5kZXZleC5jb3JlLnYxLlN0cmVhbUtlZXBhbGl2ZUgAEi0KB2RlbGV0ZWQYAyABKAsyGi5kZXZleC5jb3JlLnYxLlJlcGxEZWxldGVkSABCBwoFZXZlbnQifgoUTGlzdFNuYXBzaG90c1JlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGwoJcGFnZV9zaXplGAIgASgNQgi6SAUqAxjoBxIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiACCJcChVMaXN0U25hcHNob3RzUmVzcG9uc2USKgoJc25hcHNob3RzGAEgAygLMhcuZGV2ZXguY29yZS52MS5TbmFwc2hvdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiwEKFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIYChBleHBlY3RlZF92ZXJzaW9uGAIgASgEEisKC2Rlc2NyaXB0aW9uGAMgASgJQha6SBNyERiAAjIMXlteXHB7Q2N9XSokImYKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kZXZleC5jb3JlLnYxLlNuYXBzaG90EiEKBHJlcGwYAiABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwikAEKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSLwoLc25hcHNob3RfaWQYAiABKAlCGrpIF3IVMhNec25hcF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAyABKAQiZwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbBIpCghzbmFwc2hvdBgCIAEoCzIXLmRldmV4LmNvcmUudjEuU25hcHNob3Qq0QEKCVJlcGxTdGF0ZRIaChZSRVBMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSUkVQTF9TVEFURV9DUkVBVEVEEAESFwoTUkVQTF9TVEFURV9TVEFSVElORxACEhYKElJFUExfU1RBVEVfUlVOTklORxADEhcKE1JFUExfU1RBVEVfU1RPUFBJTkcQBBIWChJSRVBMX1NUQVRFX1NUT1BQRUQQBRIVChFSRVBMX1NUQVRFX0ZBSUxFRBAGEhcKE1JFUExfU1RBVEVfREVMRVRJTkcQByqhAQoOUmVwbFN0b3BSZWFzb24SIAocUkVQTF9TVE9QX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFVJFUExfU1RPUF9SRUFTT05fVVNFUhABEhkKFVJFUExfU1RPUF9SRUFTT05fSURMRRACEhoKFlJFUExfU1RPUF9SRUFTT05fQURNSU4QAxIbChdSRVBMX1NUT1BfUkVBU09OX1NZU1RFTRAEKocCCg5TbmFwc2hvdFJlYXNvbhIfChtTTkFQU0hPVF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRTTkFQU0hPVF9SRUFTT05fU1RPUBABEh0KGVNOQVBTSE9UX1JFQVNPTl9JRExFX1NUT1AQAhIaChZTTkFQU0hPVF9SRUFTT05fTUFOVUFMEAMSIQodU05BUFNIT1RfUkVBU09OX1RFTVBMQVRFX1NFRUQQBBIbChdTTkFQU0hPVF9SRUFTT05fUkVTVE9SRRAFEh4KGlNOQVBTSE9UX1JFQVNPTl9BRE1JTl9TVE9QEAYSHwobU05BUFNIT1RfUkVBU09OX1NZU1RFTV9TVE9QEAcy0QoKC1JlcGxTZXJ2aWNlElEKCkNyZWF0ZVJlcGwSIC5kZXZleC5jb3JlLnYxLkNyZWF0ZVJlcGxSZXF1ZXN0GiEuZGV2ZXguY29yZS52MS5DcmVhdGVSZXBsUmVzcG9uc2USTQoHR2V0UmVwbBIdLmRldmV4LmNvcmUudjEuR2V0UmVwbFJlcXVlc3QaHi5kZXZleC5jb3JlLnYxLkdldFJlcGxSZXNwb25zZSIDkAIBElMKCUxpc3RSZXBscxIfLmRldmV4LmNvcmUudjEuTGlzdFJlcGxzUmVxdWVzdBogLmRldmV4LmNvcmUudjEuTGlzdFJlcGxzUmVzcG9uc2UiA5ACARJWCgpSZW5hbWVSZXBsEiAuZGV2ZXguY29yZS52MS5SZW5hbWVSZXBsUmVxdWVzdBohLmRldmV4LmNvcmUudjEuUmVuYW1lUmVwbFJlc3BvbnNlIgOQAgISVgoKVXBkYXRlUmVwbBIgLmRldmV4LmNvcmUudjEuVXBkYXRlUmVwbFJlcXVlc3QaIS5kZXZleC5jb3JlLnYxLlVwZGF0ZVJlcGxSZXNwb25zZSIDkAICElYKCkRlbGV0ZVJlcGwSIC5kZXZleC5jb3JlLnYxLkRlbGV0ZVJlcGxSZXF1ZXN0GiEuZGV2ZXguY29yZS52MS5EZWxldGVSZXBsUmVzcG9uc2UiA5ACAhJTCglTdGFydFJlcGwSHy5kZXZleC5jb3JlLnYxLlN0YXJ0UmVwbFJlcXVlc3QaIC5kZXZleC5jb3JlLnYxLlN0YXJ0UmVwbFJlc3BvbnNlIgOQAgISUAoIU3RvcFJlcGwSHi5kZXZleC5jb3JlLnYxLlN0b3BSZXBsUmVxdWVzdBofLmRldmV4LmNvcmUudjEuU3RvcFJlcGxSZXNwb25zZSIDkAICEloKDUdldFJlcGxBY2Nlc3MSIy5kZXZleC5jb3JlLnYxLkdldFJlcGxBY2Nlc3NSZXF1ZXN0GiQuZGV2ZXguY29yZS52MS5HZXRSZXBsQWNjZXNzUmVzcG9uc2USVQoJV2F0Y2hSZXBsEh8uZGV2ZXguY29yZS52MS5XYXRjaFJlcGxSZXF1ZXN0GiAuZGV2ZXguY29yZS52MS5XYXRjaFJlcGxSZXNwb25zZSIDkAIBMAESXwoNTGlzdFNuYXBzaG90cxIjLmRldmV4LmNvcmUudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaJC5kZXZleC5jb3JlLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZSIDkAIBEl0KDkNyZWF0ZVNuYXBzaG90EiQuZGV2ZXguY29yZS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJS5kZXZleC5jb3JlLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZGV2ZXguY29yZS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZGV2ZXguY29yZS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJaCg1HZXRQcmV2aWV3VXJsEiMuZGV2ZXguY29yZS52MS5HZXRQcmV2aWV3VXJsUmVxdWVzdBokLmRldmV4LmNvcmUudjEuR2V0UHJldmlld1VybFJlc3BvbnNlEmsKEVNldFBvcnRWaXNpYmlsaXR5EicuZGV2ZXguY29yZS52MS5TZXRQb3J0VmlzaWJpbGl0eVJlcXVlc3QaKC5kZXZleC5jb3JlLnYxLlNldFBvcnRWaXNpYmlsaXR5UmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_buf_validate_validate, file_devex_core_v1_template, file_google_protobuf_timestamp]);
 
 /**
  * A repl: a sandboxed workspace created from a template.
@@ -141,6 +143,13 @@ export type Repl = Message<"devex.core.v1.Repl"> & {
    * @generated from field: map<string, string> labels = 16;
    */
   labels: { [key: string]: string };
+
+  /**
+   * The repl's web ports: those its template declares, and any the owner made public, by port number.
+   *
+   * @generated from field: repeated devex.core.v1.ReplPort ports = 17;
+   */
+  ports: ReplPort[];
 };
 
 /**
@@ -149,6 +158,48 @@ export type Repl = Message<"devex.core.v1.Repl"> & {
  */
 export const ReplSchema: GenMessage<Repl> = /*@__PURE__*/
   messageDesc(file_devex_core_v1_repl, 0);
+
+/**
+ * A port of a repl's app, reachable through core's preview origin (see ReplService.GetPreviewUrl).
+ *
+ * @generated from message devex.core.v1.ReplPort
+ */
+export type ReplPort = Message<"devex.core.v1.ReplPort"> & {
+  /**
+   * The TCP port number inside the repl, 1 to 65535.
+   *
+   * @generated from field: uint32 number = 1;
+   */
+  number: number;
+
+  /**
+   * The template's name for it, for example `web`; empty for a port the template does not declare.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * What the port speaks (from the template; HTTP for ports added by SetPortVisibility).
+   *
+   * @generated from field: devex.core.v1.PortProtocol protocol = 3;
+   */
+  protocol: PortProtocol;
+
+  /**
+   * True when anyone with the preview URL may open it; false (the default) when only the owner may.
+   *
+   * @generated from field: bool public = 4;
+   */
+  public: boolean;
+};
+
+/**
+ * Describes the message devex.core.v1.ReplPort.
+ * Use `create(ReplPortSchema)` to create a new message.
+ */
+export const ReplPortSchema: GenMessage<ReplPort> = /*@__PURE__*/
+  messageDesc(file_devex_core_v1_repl, 1);
 
 /**
  * How to reach a running repl's runner.
@@ -193,7 +244,7 @@ export type ReplAccess = Message<"devex.core.v1.ReplAccess"> & {
  * Use `create(ReplAccessSchema)` to create a new message.
  */
 export const ReplAccessSchema: GenMessage<ReplAccess> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 1);
+  messageDesc(file_devex_core_v1_repl, 2);
 
 /**
  * A saved copy of a repl's workspace: one archive plus its manifest.
@@ -292,7 +343,7 @@ export type Snapshot = Message<"devex.core.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 2);
+  messageDesc(file_devex_core_v1_repl, 3);
 
 /**
  * Sent on a WatchRepl stream while nothing changes, so that idle proxies keep the stream open.
@@ -313,7 +364,7 @@ export type StreamKeepalive = Message<"devex.core.v1.StreamKeepalive"> & {
  * Use `create(StreamKeepaliveSchema)` to create a new message.
  */
 export const StreamKeepaliveSchema: GenMessage<StreamKeepalive> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 3);
+  messageDesc(file_devex_core_v1_repl, 4);
 
 /**
  * Sent last on a WatchRepl stream when the repl has been deleted.
@@ -341,7 +392,7 @@ export type ReplDeleted = Message<"devex.core.v1.ReplDeleted"> & {
  * Use `create(ReplDeletedSchema)` to create a new message.
  */
 export const ReplDeletedSchema: GenMessage<ReplDeleted> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 4);
+  messageDesc(file_devex_core_v1_repl, 5);
 
 /**
  * Request for ReplService.CreateRepl.
@@ -388,7 +439,7 @@ export type CreateReplRequest = Message<"devex.core.v1.CreateReplRequest"> & {
  * Use `create(CreateReplRequestSchema)` to create a new message.
  */
 export const CreateReplRequestSchema: GenMessage<CreateReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 5);
+  messageDesc(file_devex_core_v1_repl, 6);
 
 /**
  * Response for ReplService.CreateRepl.
@@ -409,7 +460,7 @@ export type CreateReplResponse = Message<"devex.core.v1.CreateReplResponse"> & {
  * Use `create(CreateReplResponseSchema)` to create a new message.
  */
 export const CreateReplResponseSchema: GenMessage<CreateReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 6);
+  messageDesc(file_devex_core_v1_repl, 7);
 
 /**
  * Request for ReplService.GetRepl. Exactly one of repl_id and name is required.
@@ -446,7 +497,7 @@ export type GetReplRequest = Message<"devex.core.v1.GetReplRequest"> & {
  * Use `create(GetReplRequestSchema)` to create a new message.
  */
 export const GetReplRequestSchema: GenMessage<GetReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 7);
+  messageDesc(file_devex_core_v1_repl, 8);
 
 /**
  * Response for ReplService.GetRepl.
@@ -467,7 +518,7 @@ export type GetReplResponse = Message<"devex.core.v1.GetReplResponse"> & {
  * Use `create(GetReplResponseSchema)` to create a new message.
  */
 export const GetReplResponseSchema: GenMessage<GetReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 8);
+  messageDesc(file_devex_core_v1_repl, 9);
 
 /**
  * Request for ReplService.ListRepls.
@@ -512,7 +563,7 @@ export type ListReplsRequest = Message<"devex.core.v1.ListReplsRequest"> & {
  * Use `create(ListReplsRequestSchema)` to create a new message.
  */
 export const ListReplsRequestSchema: GenMessage<ListReplsRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 9);
+  messageDesc(file_devex_core_v1_repl, 10);
 
 /**
  * Response for ReplService.ListRepls.
@@ -540,7 +591,7 @@ export type ListReplsResponse = Message<"devex.core.v1.ListReplsResponse"> & {
  * Use `create(ListReplsResponseSchema)` to create a new message.
  */
 export const ListReplsResponseSchema: GenMessage<ListReplsResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 10);
+  messageDesc(file_devex_core_v1_repl, 11);
 
 /**
  * Request for ReplService.RenameRepl.
@@ -577,7 +628,7 @@ export type RenameReplRequest = Message<"devex.core.v1.RenameReplRequest"> & {
  * Use `create(RenameReplRequestSchema)` to create a new message.
  */
 export const RenameReplRequestSchema: GenMessage<RenameReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 11);
+  messageDesc(file_devex_core_v1_repl, 12);
 
 /**
  * Response for ReplService.RenameRepl.
@@ -598,7 +649,7 @@ export type RenameReplResponse = Message<"devex.core.v1.RenameReplResponse"> & {
  * Use `create(RenameReplResponseSchema)` to create a new message.
  */
 export const RenameReplResponseSchema: GenMessage<RenameReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 12);
+  messageDesc(file_devex_core_v1_repl, 13);
 
 /**
  * Request for ReplService.UpdateRepl. Fields left unset are not changed.
@@ -649,7 +700,7 @@ export type UpdateReplRequest = Message<"devex.core.v1.UpdateReplRequest"> & {
  * Use `create(UpdateReplRequestSchema)` to create a new message.
  */
 export const UpdateReplRequestSchema: GenMessage<UpdateReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 13);
+  messageDesc(file_devex_core_v1_repl, 14);
 
 /**
  * Response for ReplService.UpdateRepl.
@@ -670,7 +721,7 @@ export type UpdateReplResponse = Message<"devex.core.v1.UpdateReplResponse"> & {
  * Use `create(UpdateReplResponseSchema)` to create a new message.
  */
 export const UpdateReplResponseSchema: GenMessage<UpdateReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 14);
+  messageDesc(file_devex_core_v1_repl, 15);
 
 /**
  * Request for ReplService.DeleteRepl.
@@ -707,7 +758,7 @@ export type DeleteReplRequest = Message<"devex.core.v1.DeleteReplRequest"> & {
  * Use `create(DeleteReplRequestSchema)` to create a new message.
  */
 export const DeleteReplRequestSchema: GenMessage<DeleteReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 15);
+  messageDesc(file_devex_core_v1_repl, 16);
 
 /**
  * Response for ReplService.DeleteRepl. Empty: the repl is gone.
@@ -722,7 +773,7 @@ export type DeleteReplResponse = Message<"devex.core.v1.DeleteReplResponse"> & {
  * Use `create(DeleteReplResponseSchema)` to create a new message.
  */
 export const DeleteReplResponseSchema: GenMessage<DeleteReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 16);
+  messageDesc(file_devex_core_v1_repl, 17);
 
 /**
  * Request for ReplService.StartRepl.
@@ -751,7 +802,7 @@ export type StartReplRequest = Message<"devex.core.v1.StartReplRequest"> & {
  * Use `create(StartReplRequestSchema)` to create a new message.
  */
 export const StartReplRequestSchema: GenMessage<StartReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 17);
+  messageDesc(file_devex_core_v1_repl, 18);
 
 /**
  * Response for ReplService.StartRepl.
@@ -779,7 +830,7 @@ export type StartReplResponse = Message<"devex.core.v1.StartReplResponse"> & {
  * Use `create(StartReplResponseSchema)` to create a new message.
  */
 export const StartReplResponseSchema: GenMessage<StartReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 18);
+  messageDesc(file_devex_core_v1_repl, 19);
 
 /**
  * Request for ReplService.StopRepl.
@@ -808,7 +859,7 @@ export type StopReplRequest = Message<"devex.core.v1.StopReplRequest"> & {
  * Use `create(StopReplRequestSchema)` to create a new message.
  */
 export const StopReplRequestSchema: GenMessage<StopReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 19);
+  messageDesc(file_devex_core_v1_repl, 20);
 
 /**
  * Response for ReplService.StopRepl.
@@ -836,7 +887,7 @@ export type StopReplResponse = Message<"devex.core.v1.StopReplResponse"> & {
  * Use `create(StopReplResponseSchema)` to create a new message.
  */
 export const StopReplResponseSchema: GenMessage<StopReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 20);
+  messageDesc(file_devex_core_v1_repl, 21);
 
 /**
  * Request for ReplService.GetReplAccess.
@@ -857,7 +908,7 @@ export type GetReplAccessRequest = Message<"devex.core.v1.GetReplAccessRequest">
  * Use `create(GetReplAccessRequestSchema)` to create a new message.
  */
 export const GetReplAccessRequestSchema: GenMessage<GetReplAccessRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 21);
+  messageDesc(file_devex_core_v1_repl, 22);
 
 /**
  * Response for ReplService.GetReplAccess.
@@ -878,7 +929,134 @@ export type GetReplAccessResponse = Message<"devex.core.v1.GetReplAccessResponse
  * Use `create(GetReplAccessResponseSchema)` to create a new message.
  */
 export const GetReplAccessResponseSchema: GenMessage<GetReplAccessResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 22);
+  messageDesc(file_devex_core_v1_repl, 23);
+
+/**
+ * Request for ReplService.GetPreviewUrl.
+ *
+ * @generated from message devex.core.v1.GetPreviewUrlRequest
+ */
+export type GetPreviewUrlRequest = Message<"devex.core.v1.GetPreviewUrlRequest"> & {
+  /**
+   * The repl's id: `repl_` followed by 26 lowercase letters and digits.
+   *
+   * @generated from field: string repl_id = 1;
+   */
+  replId: string;
+
+  /**
+   * The TCP port the app listens on inside the repl, 1 to 65535.
+   *
+   * @generated from field: uint32 port = 2;
+   */
+  port: number;
+};
+
+/**
+ * Describes the message devex.core.v1.GetPreviewUrlRequest.
+ * Use `create(GetPreviewUrlRequestSchema)` to create a new message.
+ */
+export const GetPreviewUrlRequestSchema: GenMessage<GetPreviewUrlRequest> = /*@__PURE__*/
+  messageDesc(file_devex_core_v1_repl, 24);
+
+/**
+ * Response for ReplService.GetPreviewUrl.
+ *
+ * @generated from message devex.core.v1.GetPreviewUrlResponse
+ */
+export type GetPreviewUrlResponse = Message<"devex.core.v1.GetPreviewUrlResponse"> & {
+  /**
+   * The URL to open in a browser. For a private port it carries a preview token: treat it as a secret.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * When the URL's preview token expires (a minute or so after issue; the cookie it is exchanged for lasts
+   * longer); unset for a public port, whose URL needs no token.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Whether the port is public.
+   *
+   * @generated from field: bool public = 3;
+   */
+  public: boolean;
+};
+
+/**
+ * Describes the message devex.core.v1.GetPreviewUrlResponse.
+ * Use `create(GetPreviewUrlResponseSchema)` to create a new message.
+ */
+export const GetPreviewUrlResponseSchema: GenMessage<GetPreviewUrlResponse> = /*@__PURE__*/
+  messageDesc(file_devex_core_v1_repl, 25);
+
+/**
+ * Request for ReplService.SetPortVisibility.
+ *
+ * @generated from message devex.core.v1.SetPortVisibilityRequest
+ */
+export type SetPortVisibilityRequest = Message<"devex.core.v1.SetPortVisibilityRequest"> & {
+  /**
+   * The repl's id: `repl_` followed by 26 lowercase letters and digits.
+   *
+   * @generated from field: string repl_id = 1;
+   */
+  replId: string;
+
+  /**
+   * The TCP port inside the repl, 1 to 65535.
+   *
+   * @generated from field: uint32 port = 2;
+   */
+  port: number;
+
+  /**
+   * True to make the port public, false to make it private (the default).
+   *
+   * @generated from field: bool public = 3;
+   */
+  public: boolean;
+
+  /**
+   * If non-zero, the call fails with FAILED_PRECONDITION unless the repl's version equals it.
+   *
+   * @generated from field: uint64 expected_version = 4;
+   */
+  expectedVersion: bigint;
+};
+
+/**
+ * Describes the message devex.core.v1.SetPortVisibilityRequest.
+ * Use `create(SetPortVisibilityRequestSchema)` to create a new message.
+ */
+export const SetPortVisibilityRequestSchema: GenMessage<SetPortVisibilityRequest> = /*@__PURE__*/
+  messageDesc(file_devex_core_v1_repl, 26);
+
+/**
+ * Response for ReplService.SetPortVisibility.
+ *
+ * @generated from message devex.core.v1.SetPortVisibilityResponse
+ */
+export type SetPortVisibilityResponse = Message<"devex.core.v1.SetPortVisibilityResponse"> & {
+  /**
+   * The repl after the change.
+   *
+   * @generated from field: devex.core.v1.Repl repl = 1;
+   */
+  repl?: Repl | undefined;
+};
+
+/**
+ * Describes the message devex.core.v1.SetPortVisibilityResponse.
+ * Use `create(SetPortVisibilityResponseSchema)` to create a new message.
+ */
+export const SetPortVisibilityResponseSchema: GenMessage<SetPortVisibilityResponse> = /*@__PURE__*/
+  messageDesc(file_devex_core_v1_repl, 27);
 
 /**
  * Request for ReplService.WatchRepl.
@@ -908,7 +1086,7 @@ export type WatchReplRequest = Message<"devex.core.v1.WatchReplRequest"> & {
  * Use `create(WatchReplRequestSchema)` to create a new message.
  */
 export const WatchReplRequestSchema: GenMessage<WatchReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 23);
+  messageDesc(file_devex_core_v1_repl, 28);
 
 /**
  * One message of a WatchRepl stream: exactly one of its fields is set.
@@ -953,7 +1131,7 @@ export type WatchReplResponse = Message<"devex.core.v1.WatchReplResponse"> & {
  * Use `create(WatchReplResponseSchema)` to create a new message.
  */
 export const WatchReplResponseSchema: GenMessage<WatchReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 24);
+  messageDesc(file_devex_core_v1_repl, 29);
 
 /**
  * Request for ReplService.ListSnapshots.
@@ -989,7 +1167,7 @@ export type ListSnapshotsRequest = Message<"devex.core.v1.ListSnapshotsRequest">
  * Use `create(ListSnapshotsRequestSchema)` to create a new message.
  */
 export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 25);
+  messageDesc(file_devex_core_v1_repl, 30);
 
 /**
  * Response for ReplService.ListSnapshots.
@@ -1017,7 +1195,7 @@ export type ListSnapshotsResponse = Message<"devex.core.v1.ListSnapshotsResponse
  * Use `create(ListSnapshotsResponseSchema)` to create a new message.
  */
 export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 26);
+  messageDesc(file_devex_core_v1_repl, 31);
 
 /**
  * Request for ReplService.CreateSnapshot.
@@ -1054,7 +1232,7 @@ export type CreateSnapshotRequest = Message<"devex.core.v1.CreateSnapshotRequest
  * Use `create(CreateSnapshotRequestSchema)` to create a new message.
  */
 export const CreateSnapshotRequestSchema: GenMessage<CreateSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 27);
+  messageDesc(file_devex_core_v1_repl, 32);
 
 /**
  * Response for ReplService.CreateSnapshot.
@@ -1082,7 +1260,7 @@ export type CreateSnapshotResponse = Message<"devex.core.v1.CreateSnapshotRespon
  * Use `create(CreateSnapshotResponseSchema)` to create a new message.
  */
 export const CreateSnapshotResponseSchema: GenMessage<CreateSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 28);
+  messageDesc(file_devex_core_v1_repl, 33);
 
 /**
  * Request for ReplService.RestoreSnapshot.
@@ -1118,7 +1296,7 @@ export type RestoreSnapshotRequest = Message<"devex.core.v1.RestoreSnapshotReque
  * Use `create(RestoreSnapshotRequestSchema)` to create a new message.
  */
 export const RestoreSnapshotRequestSchema: GenMessage<RestoreSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 29);
+  messageDesc(file_devex_core_v1_repl, 34);
 
 /**
  * Response for ReplService.RestoreSnapshot.
@@ -1146,7 +1324,7 @@ export type RestoreSnapshotResponse = Message<"devex.core.v1.RestoreSnapshotResp
  * Use `create(RestoreSnapshotResponseSchema)` to create a new message.
  */
 export const RestoreSnapshotResponseSchema: GenMessage<RestoreSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 30);
+  messageDesc(file_devex_core_v1_repl, 35);
 
 /**
  * The lifecycle state of a repl. Transitions: CREATED, STOPPED or FAILED -> STARTING -> RUNNING -> STOPPING
@@ -1550,6 +1728,40 @@ export const ReplService: GenService<{
     methodKind: "unary";
     input: typeof RestoreSnapshotRequestSchema;
     output: typeof RestoreSnapshotResponseSchema;
+  },
+  /**
+   * Returns the URL at which a browser opens a web app listening on `port` inside the running repl. Previews
+   * are served by core on their own origin, one host per repl and port (for example
+   * `http://3000-repl-01jq5ab3c4d5e6f7g8h9j0k1m2.localhost:8083/`), never on the API's origin, so the API's
+   * cookies never reach a repl's app. For a private port (the default) the URL carries a short-lived preview
+   * token that the preview origin exchanges for a cookie of its own host on first use; for a public port
+   * (SetPortVisibility) it needs none. The repl need not be running: the URL is stable, and a stopped
+   * repl's preview answers a page saying so.
+   * Who may call: the owner, scope FULL or ADMIN (a preview can change what the app holds).
+   * Errors: NOT_FOUND, FAILED_PRECONDITION (previews are not enabled on this server), INVALID_ARGUMENT,
+   * PERMISSION_DENIED, UNAUTHENTICATED.
+   *
+   * @generated from rpc devex.core.v1.ReplService.GetPreviewUrl
+   */
+  getPreviewUrl: {
+    methodKind: "unary";
+    input: typeof GetPreviewUrlRequestSchema;
+    output: typeof GetPreviewUrlResponseSchema;
+  },
+  /**
+   * Makes one of the repl's ports public (anyone with its preview URL may open it, with no token) or private
+   * again (the owner only, through GetPreviewUrl). Ports not declared by the template are added to the
+   * repl's ports when made public. Setting the current visibility succeeds without a change.
+   * Who may call: the owner, scope FULL or ADMIN.
+   * Errors: NOT_FOUND, FAILED_PRECONDITION (expected_version mismatch, or the repl is DELETING),
+   * INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED.
+   *
+   * @generated from rpc devex.core.v1.ReplService.SetPortVisibility
+   */
+  setPortVisibility: {
+    methodKind: "unary";
+    input: typeof SetPortVisibilityRequestSchema;
+    output: typeof SetPortVisibilityResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_devex_core_v1_repl, 0);

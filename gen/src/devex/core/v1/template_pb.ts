@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file devex/core/v1/template.proto.
  */
 export const file_devex_core_v1_template: GenFile = /*@__PURE__*/
-  fileDesc("ChxkZXZleC9jb3JlL3YxL3RlbXBsYXRlLnByb3RvEg1kZXZleC5jb3JlLnYxIoACCghUZW1wbGF0ZRIMCgRuYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIUCgxydW5uZXJfaW1hZ2UYBCABKAkSFQoNc3RhcnRfY29tbWFuZBgFIAEoCRIqCgVwb3J0cxgGIAMoCzIbLmRldmV4LmNvcmUudjEuVGVtcGxhdGVQb3J0EhAKCGxhbmd1YWdlGAcgASgJEgwKBHRhZ3MYCCADKAkSLgoKdXBkYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2l6ZV9ieXRlcxgKIAEoBCJbCgxUZW1wbGF0ZVBvcnQSDgoGbnVtYmVyGAEgASgNEgwKBG5hbWUYAiABKAkSLQoIcHJvdG9jb2wYAyABKA4yGy5kZXZleC5jb3JlLnYxLlBvcnRQcm90b2NvbCKOAQoUTGlzdFRlbXBsYXRlc1JlcXVlc3QSGwoJcGFnZV9zaXplGAEgASgNQgi6SAUqAxjoBxIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiACBI7CgN0YWcYAyABKAlCLrpIK9gBAXImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQiXAoVTGlzdFRlbXBsYXRlc1Jlc3BvbnNlEioKCXRlbXBsYXRlcxgBIAMoCzIXLmRldmV4LmNvcmUudjEuVGVtcGxhdGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIk8KEkdldFRlbXBsYXRlUmVxdWVzdBI5CgRuYW1lGAEgASgJQiu6SChyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kIkAKE0dldFRlbXBsYXRlUmVzcG9uc2USKQoIdGVtcGxhdGUYASABKAsyFy5kZXZleC5jb3JlLnYxLlRlbXBsYXRlKlwKDFBvcnRQcm90b2NvbBIdChlQT1JUX1BST1RPQ09MX1VOU1BFQ0lGSUVEEAASFgoSUE9SVF9QUk9UT0NPTF9IVFRQEAESFQoRUE9SVF9QUk9UT0NPTF9UQ1AQAjLNAQoPVGVtcGxhdGVTZXJ2aWNlEl8KDUxpc3RUZW1wbGF0ZXMSIy5kZXZleC5jb3JlLnYxLkxpc3RUZW1wbGF0ZXNSZXF1ZXN0GiQuZGV2ZXguY29yZS52MS5MaXN0VGVtcGxhdGVzUmVzcG9uc2UiA5ACARJZCgtHZXRUZW1wbGF0ZRIhLmRldmV4LmNvcmUudjEuR2V0VGVtcGxhdGVSZXF1ZXN0GiIuZGV2ZXguY29yZS52MS5HZXRUZW1wbGF0ZVJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChxkZXZleC9jb3JlL3YxL3RlbXBsYXRlLnByb3RvEg1kZXZleC5jb3JlLnYxIrUCCghUZW1wbGF0ZRIMCgRuYW1lGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIUCgxydW5uZXJfaW1hZ2UYBCABKAkSFQoNc3RhcnRfY29tbWFuZBgFIAEoCRIqCgVwb3J0cxgGIAMoCzIbLmRldmV4LmNvcmUudjEuVGVtcGxhdGVQb3J0EhAKCGxhbmd1YWdlGAcgASgJEgwKBHRhZ3MYCCADKAkSLgoKdXBkYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKc2l6ZV9ieXRlcxgKIAEoBBIzCglyZXNvdXJjZXMYCyABKAsyIC5kZXZleC5jb3JlLnYxLlRlbXBsYXRlUmVzb3VyY2VzIlgKEVRlbXBsYXRlUmVzb3VyY2VzEhQKDG1lbW9yeV9ieXRlcxgBIAEoBBIWCg5jcHVfbWlsbGljb3JlcxgCIAEoDRIVCg1tYXhfcHJvY2Vzc2VzGAMgASgNIlsKDFRlbXBsYXRlUG9ydBIOCgZudW1iZXIYASABKA0SDAoEbmFtZRgCIAEoCRItCghwcm90b2NvbBgDIAEoDjIbLmRldmV4LmNvcmUudjEuUG9ydFByb3RvY29sIo4BChRMaXN0VGVtcGxhdGVzUmVxdWVzdBIbCglwYWdlX3NpemUYASABKA1CCLpIBSoDGOgHEhwKCnBhZ2VfdG9rZW4YAiABKAlCCLpIBXIDGIAIEjsKA3RhZxgDIAEoCUIuukgr2AEBciYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JCJcChVMaXN0VGVtcGxhdGVzUmVzcG9uc2USKgoJdGVtcGxhdGVzGAEgAygLMhcuZGV2ZXguY29yZS52MS5UZW1wbGF0ZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiTwoSR2V0VGVtcGxhdGVSZXF1ZXN0EjkKBG5hbWUYASABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQiQAoTR2V0VGVtcGxhdGVSZXNwb25zZRIpCgh0ZW1wbGF0ZRgBIAEoCzIXLmRldmV4LmNvcmUudjEuVGVtcGxhdGUqXAoMUG9ydFByb3RvY29sEh0KGVBPUlRfUFJPVE9DT0xfVU5TUEVDSUZJRUQQABIWChJQT1JUX1BST1RPQ09MX0hUVFAQARIVChFQT1JUX1BST1RPQ09MX1RDUBACMs0BCg9UZW1wbGF0ZVNlcnZpY2USXwoNTGlzdFRlbXBsYXRlcxIjLmRldmV4LmNvcmUudjEuTGlzdFRlbXBsYXRlc1JlcXVlc3QaJC5kZXZleC5jb3JlLnYxLkxpc3RUZW1wbGF0ZXNSZXNwb25zZSIDkAIBElkKC0dldFRlbXBsYXRlEiEuZGV2ZXguY29yZS52MS5HZXRUZW1wbGF0ZVJlcXVlc3QaIi5kZXZleC5jb3JlLnYxLkdldFRlbXBsYXRlUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * A template: the starting files and runtime of a new repl.
@@ -93,6 +93,13 @@ export type Template = Message<"devex.core.v1.Template"> & {
    * @generated from field: uint64 size_bytes = 10;
    */
   sizeBytes: bigint;
+
+  /**
+   * The limits a repl of this template runs with, unless the server's settings override them.
+   *
+   * @generated from field: devex.core.v1.TemplateResources resources = 11;
+   */
+  resources?: TemplateResources | undefined;
 };
 
 /**
@@ -101,6 +108,43 @@ export type Template = Message<"devex.core.v1.Template"> & {
  */
 export const TemplateSchema: GenMessage<Template> = /*@__PURE__*/
   messageDesc(file_devex_core_v1_template, 0);
+
+/**
+ * The resource limits of a repl's sandbox (memory, CPU and processes). A zero field means the server's
+ * default.
+ *
+ * @generated from message devex.core.v1.TemplateResources
+ */
+export type TemplateResources = Message<"devex.core.v1.TemplateResources"> & {
+  /**
+   * The most memory the repl's programs may use together, in bytes; past it the kernel's OOM killer ends
+   * one of them (the runner itself is not counted and is never the one killed).
+   *
+   * @generated from field: uint64 memory_bytes = 1;
+   */
+  memoryBytes: bigint;
+
+  /**
+   * CPU time the repl may use, in thousandths of a core: 1000 is one full core.
+   *
+   * @generated from field: uint32 cpu_millicores = 2;
+   */
+  cpuMillicores: number;
+
+  /**
+   * The most processes and threads the repl's programs may have at once.
+   *
+   * @generated from field: uint32 max_processes = 3;
+   */
+  maxProcesses: number;
+};
+
+/**
+ * Describes the message devex.core.v1.TemplateResources.
+ * Use `create(TemplateResourcesSchema)` to create a new message.
+ */
+export const TemplateResourcesSchema: GenMessage<TemplateResources> = /*@__PURE__*/
+  messageDesc(file_devex_core_v1_template, 1);
 
 /**
  * A port a template's app listens on inside the repl.
@@ -135,7 +179,7 @@ export type TemplatePort = Message<"devex.core.v1.TemplatePort"> & {
  * Use `create(TemplatePortSchema)` to create a new message.
  */
 export const TemplatePortSchema: GenMessage<TemplatePort> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_template, 1);
+  messageDesc(file_devex_core_v1_template, 2);
 
 /**
  * Request for TemplateService.ListTemplates.
@@ -171,7 +215,7 @@ export type ListTemplatesRequest = Message<"devex.core.v1.ListTemplatesRequest">
  * Use `create(ListTemplatesRequestSchema)` to create a new message.
  */
 export const ListTemplatesRequestSchema: GenMessage<ListTemplatesRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_template, 2);
+  messageDesc(file_devex_core_v1_template, 3);
 
 /**
  * Response for TemplateService.ListTemplates.
@@ -199,7 +243,7 @@ export type ListTemplatesResponse = Message<"devex.core.v1.ListTemplatesResponse
  * Use `create(ListTemplatesResponseSchema)` to create a new message.
  */
 export const ListTemplatesResponseSchema: GenMessage<ListTemplatesResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_template, 3);
+  messageDesc(file_devex_core_v1_template, 4);
 
 /**
  * Request for TemplateService.GetTemplate.
@@ -221,7 +265,7 @@ export type GetTemplateRequest = Message<"devex.core.v1.GetTemplateRequest"> & {
  * Use `create(GetTemplateRequestSchema)` to create a new message.
  */
 export const GetTemplateRequestSchema: GenMessage<GetTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_template, 4);
+  messageDesc(file_devex_core_v1_template, 5);
 
 /**
  * Response for TemplateService.GetTemplate.
@@ -242,7 +286,7 @@ export type GetTemplateResponse = Message<"devex.core.v1.GetTemplateResponse"> &
  * Use `create(GetTemplateResponseSchema)` to create a new message.
  */
 export const GetTemplateResponseSchema: GenMessage<GetTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_template, 5);
+  messageDesc(file_devex_core_v1_template, 6);
 
 /**
  * The application protocol a template's port speaks, which decides how it can be previewed.

@@ -1,0 +1,148 @@
+import { mkdir, readdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+
+/**
+ * What `<dataDir>/runners/<replId>.json` says about a repl's runner, so that a restarted
+ * core adopts it (or reaps what an interrupted start left). It is written before the
+ * runner is spawned or a standby is handed the repl (pid 0 then), and removed once the
+ * runner and its sandbox are gone.
+ */
+export interface RunnerRecord {
+  replId: string;
+  userId: string;
+  /** The sandbox the runner runs in. */
+  sandboxId: string;
+  /** The host pid of the sandbox's outermost process (bwrap, or the runner itself without a sandbox); 0 before the spawn. */
+  pid: number;
+  startedAtMs: number;
+}
+
+/**
+ * Where a repl's last workspace lies on the host: the folder of the sandbox it last ran in,
+ * kept after the runner stops (the save may have failed, or been skipped by a forced stop)
+ * until the repl starts again or is deleted.
+ */
+export interface WorkspaceRecord {
+  replId: string;
+  sandboxId: string;
+  /** The sandbox's host folder (holding `home/workspace/`, `tmp/` and `run/`). */
+  dir: string;
+  workspace: string;
+}
+
+const replIdPattern = /^repl_[0-9a-z]{26}$/;
+
+/** The records of one data directory: runners (`*.json`) and last workspaces (`*.workspace.json`). */
+export interface RunnerRecords {
+  readonly dir: string;
+  write(record: RunnerRecord): Promise<void>;
+  read(replId: string): Promise<RunnerRecord | undefined>;
+  /** Removes the repl's record if it still names `sandboxId` (a newer runner's record stays). */
+  remove(replId: string, sandboxId: string): Promise<void>;
+  /** Removes the repl's record whatever it says (one that does not parse). */
+  discard(replId: string): Promise<void>;
+  /** Repl ids with a runner record. */
+  list(): Promise<string[]>;
+  writeWorkspace(record: WorkspaceRecord): Promise<void>;
+  readWorkspace(replId: string): Promise<WorkspaceRecord | undefined>;
+  removeWorkspace(replId: string): Promise<void>;
+  /** Every last-workspace record. */
+  listWorkspaces(): Promise<WorkspaceRecord[]>;
+}
+
+/** The records under `dir` (`<dataDir>/runners`). Every write is atomic (temporary file, then rename). */
+export function createRunnerRecords(dir: string): RunnerRecords {
+  const runnerPath = (replId: string) => join(dir, `${checkReplId(replId)}.json`);
+  const workspacePath = (replId: string) => join(dir, `${checkReplId(replId)}.workspace.json`);
+
+  const writeAtomically = async (path: string, value: unknown) => {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const temporary = `${path}.${process.pid}.tmp`;
+    try {
+      await writeFile(temporary, `${JSON.stringify(value)}\n`, { mode: 0o600 });
+      await rename(temporary, path);
+    } catch (error) {
+      await unlink(temporary).catch(() => {});
+      throw error;
+    }
+  };
+
+  const readJson = async (path: string): Promise<Record<string, unknown> | undefined> => {
+    try {
+      const value: unknown = JSON.parse(await readFile(path, "utf8"));
+      return value && typeof value === "object" && !Array.isArray(value)
+        ? (value as Record<string, unknown>)
+        : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+
+  const names = async (): Promise<string[]> => {
+    try {
+      return await readdir(dir);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw error;
+    }
+  };
+
+  const records: RunnerRecords = {
+    dir,
+    write: (record) => writeAtomically(runnerPath(record.replId), record),
+    async read(replId) {
+      const record = await readJson(runnerPath(replId));
+      const valid =
+        record !== undefined &&
+        record.replId === replId &&
+        typeof record.userId === "string" &&
+        typeof record.sandboxId === "string" &&
+        Number.isInteger(record.pid) &&
+        Number(record.pid) >= 0 &&
+        typeof record.startedAtMs === "number";
+      return valid ? (record as unknown as RunnerRecord) : undefined;
+    },
+    async remove(replId, sandboxId) {
+      const record = await records.read(replId);
+      if (record && record.sandboxId !== sandboxId) return;
+      await unlink(runnerPath(replId)).catch(() => {});
+    },
+    discard: (replId) => unlink(runnerPath(replId)).catch(() => {}),
+    async list() {
+      return (await names())
+        .filter((name) => name.endsWith(".json") && !name.endsWith(".workspace.json"))
+        .map((name) => name.slice(0, -".json".length))
+        .filter((replId) => replIdPattern.test(replId));
+    },
+    writeWorkspace: (record) => writeAtomically(workspacePath(record.replId), record),
+    async readWorkspace(replId) {
+      const record = await readJson(workspacePath(replId));
+      const valid =
+        record !== undefined &&
+        record.replId === replId &&
+        typeof record.sandboxId === "string" &&
+        typeof record.dir === "string" &&
+        typeof record.workspace === "string";
+      return valid ? (record as unknown as WorkspaceRecord) : undefined;
+    },
+    removeWorkspace: (replId) => unlink(workspacePath(replId)).catch(() => {}),
+    async listWorkspaces() {
+      const ids = (await names())
+        .filter((name) => name.endsWith(".workspace.json"))
+        .map((name) => name.slice(0, -".workspace.json".length))
+        .filter((replId) => replIdPattern.test(replId));
+      const found = await Promise.all(ids.map((replId) => records.readWorkspace(replId)));
+      return found.filter((record): record is WorkspaceRecord => record !== undefined);
+    },
+  };
+  return records;
+}
+
+/** The repl id, or InvalidArgument: ids become file names. */
+export function checkReplId(replId: string): string {
+  if (!replIdPattern.test(replId)) {
+    throw new ConnectError(`not a repl id: ${JSON.stringify(replId)}`, Code.InvalidArgument);
+  }
+  return replId;
+}

@@ -1,0 +1,185 @@
+import { randomBytes } from "node:crypto";
+import { chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { SANDBOX_ID_PATTERN, type SandboxDirs, type SandboxLimits, SandboxSetupError } from "./types.js";
+
+/** Longest host path of a Unix socket we accept (sun_path holds 108 bytes; keep a margin). */
+export const MAX_SOCKET_PATH_BYTES = 100;
+/** Room left in the run dir for a socket's file name (e.g. `runner.sock`). */
+export const SOCKET_NAME_RESERVE_BYTES = 24;
+
+/**
+ * Where things live inside a bwrap sandbox. The workspace is a folder of the home, not a
+ * mount of its own: the runner unpacks a restored snapshot beside it and swaps it in by
+ * renaming, which needs its parent writable and on the same filesystem.
+ */
+export const INNER_DIRS: SandboxDirs = {
+  workspace: "/home/user/workspace",
+  home: "/home/user",
+  tmp: "/tmp",
+  run: "/run/devex",
+};
+
+/** The small JSON record that lets a restarted core reopen a sandbox. */
+export interface SandboxRecord {
+  id: string;
+  kind: "bwrap" | "none";
+  uid: number;
+  gid: number;
+  createdAtMs: number;
+  limits: SandboxLimits;
+  /** bwrap: the cgroup version and each controller's sandbox group (host paths). */
+  cgroups?: { version: 1 | 2; groups: Record<string, string> };
+  /** none: process groups spawned, so a restarted core can still signal them. */
+  processGroups?: number[];
+}
+
+/** Paths of one sandbox under the root. */
+export interface SandboxPaths {
+  /** `<root>/<id>`: 0700, owned by the sandbox uid. */
+  base: string;
+  dirs: SandboxDirs;
+  record: string;
+  /** Generated /etc files (root-only directory, handed to bwrap as file descriptors). */
+  etc: string;
+}
+
+/** Root-only directory for records, generated files and the seccomp filter. */
+export const stateDir = (root: string): string => join(root, ".state");
+/** Root-only directory of uid lease files. */
+export const leasesDir = (root: string): string => join(root, ".leases");
+
+/** Returns a fresh sandbox id: `sbx_` + 12 lowercase base32 characters. */
+export function newSandboxId(): string {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz234567";
+  let id = "sbx_";
+  for (const byte of randomBytes(12)) id += alphabet[byte & 31];
+  return id;
+}
+
+/** Throws unless `id` is a valid sandbox id (it becomes a path and a cgroup name). */
+export function assertSandboxId(id: string): void {
+  if (!SANDBOX_ID_PATTERN.test(id)) {
+    throw new Error(`invalid sandbox id ${JSON.stringify(id)}: expected sbx_ and 12 lowercase base32 characters`);
+  }
+}
+
+export function sandboxPaths(root: string, id: string): SandboxPaths {
+  const base = join(root, id);
+  return {
+    base,
+    dirs: {
+      workspace: join(base, "home", "workspace"),
+      home: join(base, "home"),
+      tmp: join(base, "tmp"),
+      run: join(base, "run"),
+    },
+    record: join(stateDir(root), `${id}.json`),
+    etc: join(stateDir(root), `${id}.etc`),
+  };
+}
+
+/** Refuses a root whose run dirs would make socket paths too long for sun_path. */
+export function assertSocketPathBudget(paths: SandboxPaths): void {
+  const bytes = Buffer.byteLength(paths.dirs.run) + 1 + SOCKET_NAME_RESERVE_BYTES;
+  if (bytes > MAX_SOCKET_PATH_BYTES) {
+    throw new SandboxSetupError(
+      `sandbox root is too long for Unix sockets: ${paths.dirs.run}/<socket> would take up to ${bytes} bytes ` +
+        `(limit ${MAX_SOCKET_PATH_BYTES}); choose a shorter sandbox root`,
+    );
+  }
+}
+
+/** Creates the root, its root-only state and lease dirs; `traversable` lets other uids pass through. */
+export async function prepareRoot(root: string, traversable: boolean): Promise<void> {
+  await mkdir(root, { recursive: true });
+  if (traversable) await chmod(root, 0o711);
+  for (const dir of [stateDir(root), leasesDir(root)]) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
+  }
+}
+
+/** Throws unless every ancestor of `path` lets any uid traverse it (bwrap runs as the sandbox uid). */
+export async function assertTraversable(path: string, what: string): Promise<void> {
+  for (let dir = dirname(path); ; dir = dirname(dir)) {
+    const mode = (await stat(dir)).mode;
+    if ((mode & 0o001) === 0) {
+      throw new SandboxSetupError(
+        `${what} ${path} is not reachable by sandbox uids: ${dir} has mode ${(mode & 0o777).toString(8)}; ` +
+          `run 'chmod o+x ${dir}' or choose a path under a world-traversable directory`,
+      );
+    }
+    if (dir === dirname(dir)) return;
+  }
+}
+
+/** Creates `<root>/<id>` (0700) and its dirs, owned by the sandbox uid. */
+export async function createHostDirs(paths: SandboxPaths, uid: number, gid: number): Promise<void> {
+  try {
+    await mkdir(paths.base, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    throw new Error(
+      `${paths.base} already exists (kept dirs of an earlier sandbox?): remove it or use a new sandbox id`,
+    );
+  }
+  await chown(paths.base, uid, gid);
+  await chmod(paths.base, 0o700);
+  const modes: Record<keyof SandboxDirs, number> = { workspace: 0o755, home: 0o700, tmp: 0o1777, run: 0o700 };
+  for (const key of Object.keys(modes) as (keyof SandboxDirs)[]) {
+    await mkdir(paths.dirs[key], { recursive: true });
+    await chown(paths.dirs[key], uid, gid);
+    await chmod(paths.dirs[key], modes[key]);
+  }
+}
+
+/** Writes /etc/passwd, /etc/group and /etc/hosts naming the sandbox user `user`. */
+export async function writeEtcFiles(paths: SandboxPaths, uid: number, gid: number, hostname: string): Promise<void> {
+  await mkdir(paths.etc, { recursive: true, mode: 0o700 });
+  const files: Record<string, string> = {
+    passwd: `root:x:0:0:root:/root:/usr/sbin/nologin\nuser:x:${uid}:${gid}:user:${INNER_DIRS.home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n`,
+    group: `root:x:0:\nuser:x:${gid}:\nnogroup:x:65534:\n`,
+    hosts: `127.0.0.1\tlocalhost ${hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
+  };
+  for (const [name, text] of Object.entries(files)) await writeFile(join(paths.etc, name), text, { mode: 0o600 });
+}
+
+/** Writes a record atomically (temp file + rename). */
+export async function writeRecord(paths: SandboxPaths, record: SandboxRecord): Promise<void> {
+  const temp = `${paths.record}.${process.pid}.tmp`;
+  await writeFile(temp, `${JSON.stringify(record)}\n`, { mode: 0o600 });
+  await rename(temp, paths.record);
+}
+
+export async function readRecord(paths: SandboxPaths): Promise<SandboxRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(paths.record, "utf8")) as SandboxRecord;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw error;
+  }
+}
+
+/** Ids of every sandbox with a record under the root. */
+export async function listRecords(root: string): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(stateDir(root));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw error;
+  }
+  return names
+    .filter((name) => name.endsWith(".json"))
+    .map((name) => name.slice(0, -".json".length))
+    .filter((id) => SANDBOX_ID_PATTERN.test(id))
+    .sort();
+}
+
+/** Removes the record and generated files; the host dirs too unless `keepDirs`. */
+export async function removeSandboxFiles(paths: SandboxPaths, keepDirs: boolean): Promise<void> {
+  if (!keepDirs) await rm(paths.base, { recursive: true, force: true });
+  await rm(paths.etc, { recursive: true, force: true });
+  await rm(paths.record, { force: true });
+}
