@@ -81,6 +81,9 @@ describe("the whole system, end to end", () => {
 
     const again = await repls.startRepl({ replId });
     expect(again.repl?.state).toBe(ReplState.RUNNING);
+    const record = JSON.parse(await readFile(join(core.dataDir, "runners", `${replId}.workspace.json`), "utf8")) as {
+      workspace: string;
+    };
     const second = runnerClients(again.access?.endpointUrl ?? "", again.access?.token ?? "");
     const kept = await second.files.readFile({ path: "notes/today.txt" });
     expect(Buffer.from(kept.content).toString()).toBe("kept across restarts\n");
@@ -91,7 +94,7 @@ describe("the whole system, end to end", () => {
       code: Code.NotFound,
     });
     await repls.deleteRepl({ replId, allowMissing: true });
-    await expect(stat(join(core.dataDir, "workspaces", replId))).rejects.toMatchObject({ code: "ENOENT" });
+    await expect(stat(record.workspace)).rejects.toMatchObject({ code: "ENOENT" });
   });
 
   it("stops every runner when core stops", async () => {
@@ -102,7 +105,7 @@ describe("the whole system, end to end", () => {
       await repls.startRepl({ replId: repl?.id ?? "" });
       ids.push(repl?.id ?? "");
     }
-    const records = await readdir(join(core.dataDir, "runners"));
+    const records = (await readdir(join(core.dataDir, "runners"))).filter((file) => !file.endsWith(".workspace.json"));
     const pids = await Promise.all(
       records.map(
         async (file) =>

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { readdir, stat, symlink, writeFile } from "node:fs/promises";
+import { readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Client, Code, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -50,6 +50,14 @@ async function start(repls: Client<typeof ReplService>, replId: string) {
  * workspace, kept as a link and never followed), an empty folder, and paths the ignore file
  * leaves out. Symlinks are made on disk: the filesystem API makes none.
  */
+/** A running repl's workspace on the host (in its sandbox's folder), as the local orchestrator records it. */
+async function workspaceOf(dataDir: string, replId: string): Promise<string> {
+  const record = JSON.parse(await readFile(join(dataDir, "runners", `${replId}.workspace.json`), "utf8")) as {
+    workspace: string;
+  };
+  return record.workspace;
+}
+
 async function populate(fs: Client<typeof FilesystemService>, workspace: string): Promise<void> {
   await fs.writeFile({
     path: "bin/run.sh",
@@ -93,7 +101,8 @@ function persistenceSuite(
 
       const first = await start(repls, replId);
       expect((await tree(first)).map((line) => line.split(" ")[0])).toEqual(["index.js", "package.json"]);
-      await populate(first, join(core.dataDir, "workspaces", replId));
+      const workspace = await workspaceOf(core.dataDir, replId);
+      await populate(first, workspace);
       await first.remove({ path: "package.json" });
       const expected = (await tree(first)).filter(
         (line) => !line.startsWith("node_modules") && !line.startsWith("debug.log"),
@@ -106,7 +115,7 @@ function persistenceSuite(
       expect(stopped.snapshot?.sha256).toMatch(/^[0-9a-f]{64}$/);
       expect(Number(stopped.snapshot?.contentSizeBytes)).toBeGreaterThan(3 * 1024 * 1024);
       // The sandbox's own copy is gone: the snapshot is the workspace now.
-      await expect(stat(join(core.dataDir, "workspaces", replId))).rejects.toMatchObject({ code: "ENOENT" });
+      await expect(stat(workspace)).rejects.toMatchObject({ code: "ENOENT" });
       expect(await objectKeys(replId)).toEqual(
         expect.arrayContaining([
           `repls/${replId}/snapshots/${stopped.snapshot?.id}.tar.zst`,
@@ -201,7 +210,7 @@ describe("persistence on Swift s3api, with faults", () => {
     const { repl } = await repls.createRepl({ name: "on-s3", templateName: "python" });
     const replId = repl?.id ?? "";
     const fs = await start(repls, replId);
-    await populate(fs, join(core.dataDir, "workspaces", replId));
+    await populate(fs, await workspaceOf(core.dataDir, replId));
     const expected = (await tree(fs)).filter(
       (line) => !line.startsWith("node_modules") && !line.startsWith("debug.log"),
     );
@@ -260,7 +269,7 @@ describe("persistence on Swift s3api, with faults", () => {
     // Enough incompressible data that the save takes a while.
     const random = Buffer.alloc(64 * 1024 * 1024);
     for (let i = 0; i < random.length; i += 4) random.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
-    await writeFile(join(core.dataDir, "workspaces", replId, "noise.bin"), random);
+    await writeFile(join(await workspaceOf(core.dataDir, replId), "noise.bin"), random);
 
     const stopping = repls.stopRepl({ replId }).catch((e: unknown) => e);
     await new Promise((resolve) => setTimeout(resolve, 150));
