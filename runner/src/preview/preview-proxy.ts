@@ -7,10 +7,10 @@
  * sandbox's network namespace keeps every other port of the host out of reach.
  */
 
-import { chmod, unlink } from "node:fs/promises";
+import { unlink } from "node:fs/promises";
 import * as http from "node:http";
 import type { Duplex } from "node:stream";
-import { htmlPage } from "@devex/kit";
+import { listenAt, listenOnSocket, refuseUpgrade, sendHtmlPage } from "@devex/kit";
 import { createProxyServer } from "http-proxy-3";
 import type { Logger } from "pino";
 import type { Activity } from "../activity.js";
@@ -70,21 +70,6 @@ export async function startPreviewProxy(options: PreviewProxyOptions): Promise<P
   const proxy = createProxyServer({ xfwd: false, ws: true, prependPath: false });
   const sockets = new Set<Duplex>();
 
-  const answer = (res: http.ServerResponse, status: number, title: string, message: string) => {
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    res.writeHead(status, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
-    res.end(htmlPage(title, message));
-  };
-  const refuseUpgrade = (socket: Duplex, status: number, message: string) => {
-    if (socket.destroyed) return;
-    socket.end(
-      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n\r\n${message}\n`,
-    );
-  };
-
   proxy.on("proxyRes", (proxyRes, _req, res) => {
     // Headers go out at once, not with the first chunk: an event stream may stay silent a while.
     setImmediate(() => {
@@ -100,17 +85,17 @@ export async function startPreviewProxy(options: PreviewProxyOptions): Promise<P
     activity.touch();
     const port = targetPort(req);
     if (typeof port === "string") {
-      answer(res, 400, "Bad preview request", port);
+      sendHtmlPage(res, 400, "Bad preview request", port);
       return;
     }
     stripRouting(req);
     proxy.web(req, res, { target: `http://127.0.0.1:${port}` }, (error) => {
       if (nothingListens(error)) {
-        answer(res, 502, "Nothing listens here", `nothing listens on port ${port} in this repl`);
+        sendHtmlPage(res, 502, "Nothing listens here", `nothing listens on port ${port} in this repl`);
         return;
       }
       logger.debug({ err: error, port }, "proxying a preview request failed");
-      answer(
+      sendHtmlPage(
         res,
         502,
         "The app did not answer",
@@ -143,16 +128,11 @@ export async function startPreviewProxy(options: PreviewProxyOptions): Promise<P
 
   let endpoint: string;
   if (options.socketPath) {
-    const path = options.socketPath;
-    await unlink(path).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== "ENOENT") throw error;
-    });
-    await listen(server, { path });
-    // Core may run as another user than the sandbox's: it reaches the socket through the run directory's permissions.
-    await chmod(path, 0o660);
-    endpoint = `unix:${path}`;
+    // Only core reaches it: the sandbox's uid owns the socket, core is root.
+    await listenOnSocket(server, options.socketPath, 0o600);
+    endpoint = `unix:${options.socketPath}`;
   } else {
-    await listen(server, { port: options.port ?? 0, host: "127.0.0.1" });
+    await listenAt(server, { port: options.port ?? 0, host: "127.0.0.1" });
     endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   }
   logger.info({ endpoint }, "preview proxy listening");
@@ -167,14 +147,4 @@ export async function startPreviewProxy(options: PreviewProxyOptions): Promise<P
       if (options.socketPath) await unlink(options.socketPath).catch(() => {});
     },
   };
-}
-
-function listen(server: http.Server, address: { path: string } | { port: number; host: string }): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(address, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
 }

@@ -80,6 +80,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
   const orchestrator = await createOrchestrator(config, dataDir, tokenKeys, logger);
   const runners = createRunnerCaller(tokenKeys);
   const repository = createReplRepository({ store });
+  const endpoints = createRunnerEndpoints(repository);
   const snapshots = createSnapshots({
     objects,
     state: store,
@@ -170,7 +171,6 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     },
     fallback: (req, res) => createLoginRoutes(ready())(req, res),
   });
-  const endpoints = createRunnerEndpoints(repository);
   const proxy = createReplProxy({ logger, resolve: endpoints.resolve });
   const replOrigin = await startReplOrigin({
     port: config.replPort,
@@ -194,6 +194,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
         host: config.host,
         address: previews,
         repository,
+        running: endpoints.running,
         tokenKeys,
         shutdownGraceMs: config.shutdownGraceMs,
         logger,

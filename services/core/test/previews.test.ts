@@ -32,6 +32,7 @@ import { createReplLifecycle, type ReplLifecycle } from "../src/repls/lifecycle.
 import { createReplService, type ReplServiceOptions } from "../src/repls/repl-service.js";
 import { createReplRepository, type ReplRepository, type StoredRepl } from "../src/repls/repository.js";
 import { appProcessTag, createStartCommandLauncher } from "../src/repls/start-command.js";
+import { createRunnerEndpoints, type RunnerEndpoints } from "../src/routing/endpoints.js";
 import { createEmbeddedStore } from "../src/state/embedded.js";
 import type { StateStore } from "../src/state/store.js";
 import type { TemplateCatalog, TemplateRecord } from "../src/templates/catalog.js";
@@ -178,6 +179,7 @@ describe("previews", () => {
   let root: string;
   let store: StateStore;
   let repository: ReplRepository;
+  let endpoints: RunnerEndpoints;
   let lifecycle: ReplLifecycle;
   let runners: RunnerProcesses;
   let origin: PreviewOrigin;
@@ -286,10 +288,12 @@ describe("previews", () => {
       logger,
       onRunning: createStartCommandLauncher({ templates: catalog, tokenKeys, logger }),
     });
+    endpoints = createRunnerEndpoints(repository);
     origin = await startPreviewOrigin({
       port: 0,
       address: previewAddress({ domain: "localhost", port: 0 }),
       repository,
+      running: endpoints.running,
       tokenKeys,
       logger,
     });
@@ -344,6 +348,7 @@ describe("previews", () => {
   afterAll(async () => {
     await browser?.close();
     await origin?.close();
+    await endpoints?.close();
     await runners?.close();
     await store?.close();
     if (root) await rm(root, { recursive: true, force: true });

@@ -64,6 +64,8 @@ describe("runner endpoints for the repl origin", () => {
     expect(await endpoints.resolve(id)).toBe("http://127.0.0.1:1");
     const afterFirst = counted.reads();
     for (let i = 0; i < 50; i++) expect(await endpoints.resolve(id)).toBe("http://127.0.0.1:1");
+    // The preview origin reads the same cached record (owner, public ports, preview endpoint).
+    for (let i = 0; i < 50; i++) expect(await endpoints.running(id)).toMatchObject({ id, state: "running" });
     expect(counted.reads()).toBe(afterFirst);
 
     await repository.update(id, ({ record }) => {
@@ -73,6 +75,7 @@ describe("runner endpoints for the repl origin", () => {
     // The change message arrives asynchronously (as from another replica).
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(await endpoints.resolve(id)).toBeUndefined();
+    expect(await endpoints.running(id)).toBeUndefined();
     expect(await endpoints.resolve(`repl_${"2".repeat(26)}`)).toBeUndefined();
     await endpoints.close();
   });

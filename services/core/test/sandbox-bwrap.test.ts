@@ -1,7 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { existsSync, readFileSync } from "node:fs";
-import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -333,6 +333,33 @@ describe.skipIf(!canRun)("bwrap driver setup", () => {
     });
     await expect(driver.check()).rejects.toThrow(/read-only path \/nonexistent\/node does not exist/);
     await rm(root, { recursive: true, force: true });
+  });
+
+  it("binds a read-only path under a folder closed to other uids (a 0700 checkout) at its own path", async () => {
+    const root = await mkdtemp(join(tmpdir(), "sbx-"));
+    const closed = await mkdtemp(join(tmpdir(), "closed-checkout-"));
+    const tool = join(closed, "bin");
+    await mkdir(tool, { mode: 0o755 });
+    await writeFile(join(tool, "hello"), "#!/bin/sh\necho hello from a closed checkout\n", { mode: 0o755 });
+    expect((await stat(closed)).mode & 0o777).toBe(0o700);
+    const driver = createSandboxDriver({
+      kind: "bwrap",
+      root,
+      readOnlyPaths: [tool],
+      logger: pino({ level: "silent" }),
+    });
+    const sandbox = await driver.create(newSandboxId(), limits);
+    try {
+      const { stdout, code } = await run(sandbox, `${tool}/hello; touch ${tool}/x 2>/dev/null || echo read-only`);
+      expect(code).toBe(0);
+      expect(stdout).toBe("hello from a closed checkout\nread-only\n");
+      // The checkout itself stays closed: only the staged copy is opened to the sandbox's uid.
+      expect((await stat(closed)).mode & 0o777).toBe(0o700);
+    } finally {
+      await sandbox.destroy();
+      await rm(root, { recursive: true, force: true });
+      await rm(closed, { recursive: true, force: true });
+    }
   });
 
   it("names the fix when the root is not traversable", async () => {

@@ -8,6 +8,7 @@
  * memory hog hurt only themselves. Needs root, bubblewrap and cgroups (as CI runs it).
  */
 
+import { execFile } from "node:child_process";
 import { readdir, readFile, stat } from "node:fs/promises";
 import * as http from "node:http";
 import * as net from "node:net";
@@ -283,6 +284,34 @@ describe("a repl in the bwrap sandbox", () => {
     expect(found.stdout).not.toMatch(/dev-api-key|\/keys\b|devex-core-test-/);
     for (const secret of secrets) expect(found.stdout).not.toContain(secret);
     expect(found.stdout).not.toContain("PRIVATE KEY");
+  });
+
+  it("1b. even as its uid outside the sandbox, cannot read core's data (defence in depth)", async () => {
+    // What code that broke out of its namespaces would be: a process of the repl's uid on the host.
+    // The data directory lets it through to its sandbox folder only; every other entry is closed.
+    const asReplUid = (command: string) =>
+      new Promise<{ code: number | null; stdout: string }>((resolve) => {
+        execFile(
+          "setpriv",
+          [`--reuid=${a.uid}`, `--regid=${a.uid}`, "--clear-groups", "--", "bash", "-c", command],
+          (error, stdout) => resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout }),
+        );
+      });
+    const dir = core.dataDir;
+    const entries = (await readdir(dir)).filter((name) => name !== "sandboxes");
+    expect(entries).toEqual(expect.arrayContaining(["keys", "state", "dev-api-key"]));
+    for (const name of entries) {
+      // Read a file, list a folder: either is refused.
+      const path = join(dir, name);
+      const probe = await asReplUid((await stat(path)).isDirectory() ? `ls ${path}` : `cat ${path}`);
+      expect(probe.code, name).not.toBe(0);
+    }
+    for (const probe of [`ls ${dir}`, `cat ${dir}/keys/*`, `cat ${dir}/state/*`, `ls ${dir}/objects`]) {
+      expect((await asReplUid(probe)).code, probe).not.toBe(0);
+    }
+    // Control: the same uid does reach its own sandbox's workspace that way.
+    const own = join(await hostWorkspace("own.txt"), "own.txt");
+    expect((await asReplUid(`cat ${own}`)).stdout).toBe("visible\n");
   });
 
   it("2. cannot read or write another repl's workspace", async () => {

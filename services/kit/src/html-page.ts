@@ -1,4 +1,10 @@
-/** Small HTML pages the preview proxy answers with itself, so a browser shows what went wrong. */
+/**
+ * What an HTTP server answers by itself when it cannot pass a request on (core's preview
+ * origin, the runner's preview proxy): a small HTML page, so a browser shows what went wrong,
+ * or a plain refusal of a WebSocket upgrade.
+ */
+import { type ServerResponse, STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
 
 const escapes: Readonly<Record<string, string>> = {
   "&": "&amp;",
@@ -21,4 +27,22 @@ export function htmlPage(title: string, message: string): string {
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}</style>
 </head><body><h1>${escapeHtml(title)}</h1><p>${escapeHtml(message)}</p></body></html>
 `;
+}
+
+/** Answers `res` with an HTML page; a response already under way is cut instead. */
+export function sendHtmlPage(res: ServerResponse, status: number, title: string, message: string): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  res.writeHead(status, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
+  res.end(htmlPage(title, message));
+}
+
+/** Refuses a WebSocket upgrade on its raw socket with `status` and a line of text. */
+export function refuseUpgrade(socket: Duplex, status: number, message: string): void {
+  if (socket.destroyed) return;
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n\r\n${message}\n`,
+  );
 }

@@ -190,17 +190,8 @@ export async function startServer(options: ServerOptions): Promise<Server> {
 
   const { path } = options;
   if (path === undefined && options.port === undefined) throw new Error("startServer: give a port or a path");
-  if (path !== undefined) await removeStaleSocket(path);
-  await new Promise<void>((resolve, reject) => {
-    listener.once("error", reject);
-    const listening = () => {
-      listener.off("error", reject);
-      resolve();
-    };
-    if (path !== undefined) listener.listen(path, listening);
-    else listener.listen(options.port, host, listening);
-  });
-  if (path !== undefined) await chmod(path, 0o600);
+  if (path !== undefined) await listenOnSocket(listener, path, 0o600);
+  else await listenAt(listener, { port: options.port, host });
   for (const name of serviceNames) health.set(name, ServingStatus.SERVING);
   health.set("", ServingStatus.SERVING);
 
@@ -251,10 +242,28 @@ export async function startServer(options: ServerOptions): Promise<Server> {
 }
 
 /**
- * Removes a socket file left at `path` by a server that did not close (a crash), so that
- * listening there does not fail with EADDRINUSE. Anything else at `path` is left alone:
- * listening then fails and says so.
+ * Makes `server` listen on the Unix socket `path` with file mode `mode` (its owner is the
+ * process's user): a socket file left there by a server that did not close (a crash) is
+ * replaced, anything else at `path` is left alone (listening then fails and says so).
  */
+export async function listenOnSocket(server: net.Server, path: string, mode: number): Promise<void> {
+  await removeStaleSocket(path);
+  await listenAt(server, { path });
+  await chmod(path, mode);
+}
+
+/** Resolves once `server` listens at `address`, or rejects with why it cannot. */
+export function listenAt(server: net.Server, address: net.ListenOptions): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(address, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+/** Removes a socket file at `path` (and nothing else there); none is fine. */
 async function removeStaleSocket(path: string): Promise<void> {
   const found = await lstat(path).catch((error: NodeJS.ErrnoException) => {
     if (error.code === "ENOENT") return undefined;

@@ -4,9 +4,10 @@
 // in its error bodies; http-proxy-3 is a reverse proxy to a fixed target and does not serve CONNECT.
 // What we add to node is small: parse the target, decide, dial the resolved address, pipe.
 import { lookup as dnsLookup } from "node:dns/promises";
-import { chmod, chown, rm } from "node:fs/promises";
+import { chown, rm } from "node:fs/promises";
 import * as http from "node:http";
 import * as net from "node:net";
+import { listenOnSocket } from "@devex/kit";
 import type { Logger } from "pino";
 import { classifyAddress } from "./addresses.js";
 import { Allowlist, normalizeHost, parsePort } from "./allowlist.js";
@@ -331,17 +332,9 @@ export async function createEgressProxy(options: EgressProxyOptions): Promise<Eg
     socket.end(refusalBytes(refused(refusal, { method: req.method, target: req.url })));
   });
 
-  await rm(socketPath, { force: true });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(socketPath, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
+  await listenOnSocket(server, socketPath, 0o600);
   server.on("error", (error) => logger.error({ err: error, socketPath }, "egress proxy server error"));
   try {
-    await chmod(socketPath, 0o600);
     if (options.uid !== undefined) await chown(socketPath, options.uid, options.gid ?? -1);
   } catch (error) {
     server.close();

@@ -1,4 +1,4 @@
-import { join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { ConfigError } from "@devex/kit";
 import type { Logger } from "pino";
 import type { CoreConfig } from "../config.js";
@@ -31,7 +31,7 @@ export async function createOrchestrator(
   // One driver today; Kubernetes is the next, loaded only when chosen.
   const { createLocalOrchestrator } = await import("./local/index.js");
   return createLocalOrchestrator({
-    dataDir: join(dataDir),
+    dataDir,
     runnerEntry: resolve(config.runnerEntry),
     tokenKeys,
     logger,

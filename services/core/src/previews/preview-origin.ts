@@ -10,13 +10,14 @@
 
 import * as http from "node:http";
 import type { Duplex } from "node:stream";
-import { endpointConnection, htmlPage } from "@devex/kit";
+import { endpointConnection, listenAt, refuseUpgrade, sendHtmlPage } from "@devex/kit";
 import { createProxyServer, type ProxyTarget } from "http-proxy-3";
 import type { Logger } from "pino";
 import { loginCookieName, sessionCookieName } from "../identity/cookies.js";
 import type { ReplStateName } from "../model.js";
 import type { TokenKeys } from "../orchestrator/token-keys.js";
 import type { ReplRepository } from "../repls/repository.js";
+import type { RunnerEndpoints } from "../routing/endpoints.js";
 import { type PreviewAddress, type PreviewHost, parsePreviewHost, previewTokenParam } from "./hosts.js";
 import { PreviewCredentialError, signPreviewCredential, verifyPreviewCredential } from "./tokens.js";
 
@@ -35,6 +36,11 @@ export interface PreviewOriginOptions {
   address: PreviewAddress;
   /** The repl records (owner, state, public ports, where the runner's preview proxy is). */
   repository: Pick<ReplRepository, "get">;
+  /**
+   * Running repls' records, kept between requests (see createRunnerEndpoints), so that a page's
+   * every asset costs no store read; the repository is read only for a repl that is not running.
+   */
+  running: RunnerEndpoints["running"];
   /** Core's key pair: preview tokens and cookies are signed and checked with it. */
   tokenKeys: Pick<TokenKeys, "privateKey" | "publicKey">;
   /** How long a preview cookie lasts, in ms. Default 43200000 (12 hours). */
@@ -90,11 +96,10 @@ export async function startPreviewOrigin(options: PreviewOriginOptions): Promise
       title,
       message,
     });
-    const found = await options.repository.get(target.replId);
-    if (!found || found.record.state === "deleting") {
+    const record = (await options.running(target.replId)) ?? (await options.repository.get(target.replId))?.record;
+    if (!record || record.state === "deleting") {
       return page(404, "No such repl", `There is no repl ${target.replId}.`);
     }
-    const { record } = found;
     const url = new URL(req.url ?? "/", "http://preview.invalid");
     const linkToken = url.searchParams.get(previewTokenParam);
     const expected = { replId: target.replId, port: target.port };
@@ -180,7 +185,7 @@ export async function startPreviewOrigin(options: PreviewOriginOptions): Promise
   const server = http.createServer((req, res) => {
     const target = parsePreviewHost(options.address, req.headers.host);
     if (!target) {
-      sendPage(
+      sendHtmlPage(
         res,
         404,
         "No preview here",
@@ -190,7 +195,7 @@ export async function startPreviewOrigin(options: PreviewOriginOptions): Promise
     }
     decide(req, target, false).then(
       (decision) => {
-        if (decision.kind === "page") return sendPage(res, decision.status, decision.title, decision.message);
+        if (decision.kind === "page") return sendHtmlPage(res, decision.status, decision.title, decision.message);
         if (decision.kind === "redirect") {
           res.writeHead(303, {
             location: decision.location,
@@ -203,12 +208,12 @@ export async function startPreviewOrigin(options: PreviewOriginOptions): Promise
         prepare(req, decision.port);
         proxy.web(req, res, { target: targetOf(decision.endpoint) }, (error) => {
           logger.debug({ err: error, replId: target.replId }, "the runner's preview proxy did not answer");
-          sendPage(res, 502, "Repl unreachable", "This repl's runner did not answer. Reload the page in a moment.");
+          sendHtmlPage(res, 502, "Repl unreachable", "This repl's runner did not answer. Reload the page in a moment.");
         });
       },
       (error: unknown) => {
         logger.error({ err: error, replId: target.replId }, "a preview request failed");
-        sendPage(res, 500, "Preview failed", "Devex could not serve this preview.");
+        sendHtmlPage(res, 500, "Preview failed", "Devex could not serve this preview.");
       },
     );
   });
@@ -246,13 +251,7 @@ export async function startPreviewOrigin(options: PreviewOriginOptions): Promise
   });
 
   const host = options.host ?? "127.0.0.1";
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port, host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
+  await listenAt(server, { port: options.port, host });
   const port = (server.address() as { port: number }).port;
   logger.info({ port, host, domain: options.address.domain }, "preview origin listening");
 
@@ -274,22 +273,6 @@ export async function startPreviewOrigin(options: PreviewOriginOptions): Promise
       return closing;
     },
   };
-}
-
-function sendPage(res: http.ServerResponse, status: number, title: string, message: string): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  res.writeHead(status, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
-  res.end(htmlPage(title, message));
-}
-
-function refuseUpgrade(socket: Duplex, status: number, message: string): void {
-  if (socket.destroyed) return;
-  socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n\r\n${message}\n`,
-  );
 }
 
 /** The path and query of `url` without the preview token: where the token exchange redirects to. */

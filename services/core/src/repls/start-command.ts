@@ -1,7 +1,7 @@
 import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ProcessService } from "@devex/gen/devex/runner/v1/process_pb.js";
-import { endpointConnection, signRunnerToken } from "@devex/kit";
+import { endpointConnection, endpointSessionManager, signRunnerToken } from "@devex/kit";
 import type { Logger } from "pino";
 import type { RunnerTarget } from "../orchestrator/runner-client.js";
 import type { TokenKeys } from "../orchestrator/token-keys.js";
@@ -41,12 +41,11 @@ export function createStartCommandLauncher(
       role: "user",
       ttlMs: 60_000,
     });
-    const connection = endpointConnection(runner.endpoint);
-    const sessions = new Http2SessionManager(connection.origin, {}, { createConnection: () => connection.connect() });
+    const sessions = endpointSessionManager(runner.endpoint);
     const client = createClient(
       ProcessService,
       createGrpcTransport({
-        baseUrl: connection.origin,
+        baseUrl: endpointConnection(runner.endpoint).origin,
         sessionManager: sessions,
         interceptors: [
           (next) => (req) => {

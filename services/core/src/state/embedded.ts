@@ -239,7 +239,8 @@ interface PendingAppend {
  * way share its fsync.
  */
 async function openJournal(dir: string, options: JournalOptions): Promise<Journal> {
-  await mkdir(dir, { recursive: true });
+  // Sessions and key hashes: no other uid of the machine (a repl's, say) may read them.
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const lockPath = join(dir, "lock");
   const journalPath = join(dir, "journal.jsonl");
   const snapshotPath = join(dir, "snapshot.json");

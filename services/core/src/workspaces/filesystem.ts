@@ -44,7 +44,8 @@ export async function createFilesystemWorkspaceStore(
   options: FilesystemWorkspaceStoreOptions,
 ): Promise<WorkspaceStore> {
   const root = resolve(options.root);
-  await mkdir(root, { recursive: true });
+  // Snapshots are users' files: no other uid of the machine (a repl's, say) may read them.
+  await mkdir(root, { recursive: true, mode: 0o700 });
   return new FilesystemWorkspaceStore(root);
 }
 

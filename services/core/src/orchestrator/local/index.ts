@@ -1,5 +1,5 @@
-import { existsSync, readFileSync } from "node:fs";
-import { access, chmod, mkdir, readFile, rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { access, chmod, mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -105,16 +105,10 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     });
   const records = createRunnerRecords(join(dataDir, "runners"));
   // bwrap runs as each sandbox's uid and must pass through the data directory to reach the
-  // sandbox's own folders: traverse only (0711), no listing. Everything secret in it (keys,
-  // state, the dev key) is in folders or files of mode 0700/0600, and nothing of the data
-  // directory is visible inside a sandbox.
-  const prepared =
-    sandboxKind === "bwrap"
-      ? (async () => {
-          await mkdir(dataDir, { recursive: true, mode: 0o711 });
-          await chmod(dataDir, 0o711);
-        })()
-      : Promise.resolve();
+  // sandbox's own folders: traverse only (0711), no listing, and every other entry of it
+  // (keys, state, objects, the dev key) closed to every uid but core's. Nothing of the data
+  // directory is visible inside a sandbox either way.
+  const prepared = sandboxKind === "bwrap" ? openDataDirToSandboxes(dataDir) : Promise.resolve();
   const caller: RunnerCaller = createRunnerCaller(options.tokenKeys);
   const runners = new Map<string, Tracked>();
   const locks = new Map<string, Promise<unknown>>();
@@ -376,7 +370,6 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
         log.warn({ err: cleanup }, "could not remove the sandbox of a failed start");
       });
       await records.remove(replId, sandboxId);
-      launching.delete(sandboxId);
       const tail = runner?.tail.slice(-10).join("\n");
       const context = `(repl ${replId}, sandbox ${sandboxId})${tail ? `; its last output:\n${tail}` : ""}`;
       if (signal?.aborted) throw new ConnectError("start canceled", Code.Canceled, undefined, undefined, error);
@@ -391,8 +384,9 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
         undefined,
         error,
       );
+    } finally {
+      launching.delete(sandboxId);
     }
-    launching.delete(sandboxId);
     const tracked: Tracked = {
       replId,
       userId: spec.userId,
@@ -499,6 +493,8 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   const list = async (): Promise<RunnerInstance[]> => {
     const ids = await records.list();
     await Promise.all(ids.filter((replId) => !runners.has(replId)).map((replId) => adopt(replId)));
+    // Read again after adoption, which removed the stale records: the young ones left (a start
+    // under way) keep their sandbox out of the sweep.
     const recorded = new Set<string>();
     for (const replId of await records.list()) {
       const record = await records.read(replId);
@@ -590,15 +586,8 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
       checkReplId(replId);
       const tracked = runners.get(replId);
       if (tracked) return tracked.sandbox.hostDirs.workspace;
-      try {
-        const record = JSON.parse(readFileSync(join(records.dir, `${replId}.workspace.json`), "utf8")) as {
-          workspace?: unknown;
-        };
-        if (typeof record.workspace === "string") return record.workspace;
-      } catch {
-        // no workspace on disk
-      }
-      return join(dataDir, "sandboxes", "none", replId);
+      // No workspace on disk: a path where nothing is.
+      return records.readWorkspaceSync(replId)?.workspace ?? join(dataDir, "sandboxes", "none", replId);
     },
 
     removeWorkspace(replId) {
@@ -638,6 +627,21 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
 
 /** The limits of a standby until it is handed a repl (then its template's apply). */
 const standbyLimits = { memoryBytes: 512 * 1024 * 1024, cpuMillicores: 1_000, maxProcesses: 256 };
+
+/**
+ * Lets sandbox uids traverse `dataDir` (0711) to their sandboxes, and closes every other
+ * entry of it to them (0700 folders, no group or other bits on files).
+ */
+async function openDataDirToSandboxes(dataDir: string): Promise<void> {
+  await mkdir(dataDir, { recursive: true, mode: 0o711 });
+  await chmod(dataDir, 0o711);
+  for (const entry of await readdir(dataDir, { withFileTypes: true })) {
+    if (entry.name === "sandboxes") continue;
+    const path = join(dataDir, entry.name);
+    if (entry.isDirectory()) await chmod(path, 0o700);
+    else if (entry.isFile()) await chmod(path, (await stat(path)).mode & 0o700);
+  }
+}
 
 /** The process title the runner gives itself (`/proc/<pid>/comm`), so programs in a repl do not hit it with `pkill node`. */
 const runnerProcessTitle = "devex-runner";
@@ -683,22 +687,15 @@ function runnerReadOnlyPaths(runnerEntry: string): string[] {
 
 /**
  * The environment of a runner process: a few well-known variables, never core's
- * configuration or secrets. In a sandbox the system's own PATH and a UTF-8 locale; without
+ * configuration or secrets. In a sandbox a UTF-8 locale (the sandbox sets the rest); without
  * one, the host's values and a V8 code cache shared by all runners (they all run the same
  * bundle, so each start after the first skips most of its compilation; in a sandbox a
  * shared cache would let one repl poison another's runner). The runner passes none of this
  * beyond its own whitelist to the programs in the workspace.
  */
 function runnerEnvironment(kind: "bwrap" | "none", compileCacheDir: string): Record<string, string> {
-  if (kind === "bwrap") {
-    return {
-      PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      USER: "user",
-      LOGNAME: "user",
-      SHELL: "/bin/bash",
-      LANG: "C.UTF-8",
-    };
-  }
+  // The sandbox gives its user PATH, HOME, TMPDIR, USER, LOGNAME and SHELL itself.
+  if (kind === "bwrap") return { LANG: "C.UTF-8" };
   const env: Record<string, string> = {};
   for (const name of ["PATH", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ"]) {
     const value = process.env[name];

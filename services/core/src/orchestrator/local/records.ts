@@ -1,6 +1,8 @@
-import { mkdir, readdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { readdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { readJsonObject, writeJsonFile } from "./json-file.js";
 
 /**
  * What `<dataDir>/runners/<replId>.json` says about a repl's runner, so that a restarted
@@ -35,7 +37,6 @@ const replIdPattern = /^repl_[0-9a-z]{26}$/;
 
 /** The records of one data directory: runners (`*.json`) and last workspaces (`*.workspace.json`). */
 export interface RunnerRecords {
-  readonly dir: string;
   write(record: RunnerRecord): Promise<void>;
   read(replId: string): Promise<RunnerRecord | undefined>;
   /** Removes the repl's record if it still names `sandboxId` (a newer runner's record stays). */
@@ -46,6 +47,8 @@ export interface RunnerRecords {
   list(): Promise<string[]>;
   writeWorkspace(record: WorkspaceRecord): Promise<void>;
   readWorkspace(replId: string): Promise<WorkspaceRecord | undefined>;
+  /** The same, read synchronously (Orchestrator.workspacePath is synchronous). */
+  readWorkspaceSync(replId: string): WorkspaceRecord | undefined;
   removeWorkspace(replId: string): Promise<void>;
   /** Every last-workspace record. */
   listWorkspaces(): Promise<WorkspaceRecord[]>;
@@ -55,29 +58,6 @@ export interface RunnerRecords {
 export function createRunnerRecords(dir: string): RunnerRecords {
   const runnerPath = (replId: string) => join(dir, `${checkReplId(replId)}.json`);
   const workspacePath = (replId: string) => join(dir, `${checkReplId(replId)}.workspace.json`);
-
-  const writeAtomically = async (path: string, value: unknown) => {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const temporary = `${path}.${process.pid}.tmp`;
-    try {
-      await writeFile(temporary, `${JSON.stringify(value)}\n`, { mode: 0o600 });
-      await rename(temporary, path);
-    } catch (error) {
-      await unlink(temporary).catch(() => {});
-      throw error;
-    }
-  };
-
-  const readJson = async (path: string): Promise<Record<string, unknown> | undefined> => {
-    try {
-      const value: unknown = JSON.parse(await readFile(path, "utf8"));
-      return value && typeof value === "object" && !Array.isArray(value)
-        ? (value as Record<string, unknown>)
-        : undefined;
-    } catch {
-      return undefined;
-    }
-  };
 
   const names = async (): Promise<string[]> => {
     try {
@@ -89,10 +69,9 @@ export function createRunnerRecords(dir: string): RunnerRecords {
   };
 
   const records: RunnerRecords = {
-    dir,
-    write: (record) => writeAtomically(runnerPath(record.replId), record),
+    write: (record) => writeJsonFile(runnerPath(record.replId), record),
     async read(replId) {
-      const record = await readJson(runnerPath(replId));
+      const record = await readJsonObject(runnerPath(replId));
       const valid =
         record !== undefined &&
         record.replId === replId &&
@@ -115,16 +94,18 @@ export function createRunnerRecords(dir: string): RunnerRecords {
         .map((name) => name.slice(0, -".json".length))
         .filter((replId) => replIdPattern.test(replId));
     },
-    writeWorkspace: (record) => writeAtomically(workspacePath(record.replId), record),
+    writeWorkspace: (record) => writeJsonFile(workspacePath(record.replId), record),
     async readWorkspace(replId) {
-      const record = await readJson(workspacePath(replId));
-      const valid =
-        record !== undefined &&
-        record.replId === replId &&
-        typeof record.sandboxId === "string" &&
-        typeof record.dir === "string" &&
-        typeof record.workspace === "string";
-      return valid ? (record as unknown as WorkspaceRecord) : undefined;
+      return asWorkspaceRecord(await readJsonObject(workspacePath(replId)), replId);
+    },
+    readWorkspaceSync(replId) {
+      let value: unknown;
+      try {
+        value = JSON.parse(readFileSync(workspacePath(replId), "utf8"));
+      } catch {
+        return undefined;
+      }
+      return asWorkspaceRecord(value, replId);
     },
     removeWorkspace: (replId) => unlink(workspacePath(replId)).catch(() => {}),
     async listWorkspaces() {
@@ -137,6 +118,19 @@ export function createRunnerRecords(dir: string): RunnerRecords {
     },
   };
   return records;
+}
+
+/** `value` if it is the last-workspace record of `replId`. */
+function asWorkspaceRecord(value: unknown, replId: string): WorkspaceRecord | undefined {
+  const record = value as Partial<WorkspaceRecord> | undefined;
+  const valid =
+    record !== undefined &&
+    record !== null &&
+    record.replId === replId &&
+    typeof record.sandboxId === "string" &&
+    typeof record.dir === "string" &&
+    typeof record.workspace === "string";
+  return valid ? (record as WorkspaceRecord) : undefined;
 }
 
 /** The repl id, or InvalidArgument: ids become file names. */

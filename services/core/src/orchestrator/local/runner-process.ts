@@ -14,7 +14,7 @@ export interface RunnerLaunchOptions {
   tokenPublicKeyPem: string;
   /** The runner's log level. */
   logLevel: string;
-  /** Environment of the runner itself (PATH, locale...), never core's configuration or secrets. */
+  /** Environment of the runner itself (locale...; the sandbox sets HOME, TMPDIR and the like), never core's configuration or secrets. */
   env: Record<string, string>;
   /** With `--sandbox-network allowlist`: the runner forwards programs' proxy traffic to this socket in its run dir. */
   egress?: boolean;
@@ -76,7 +76,7 @@ export function launchRunner(
     options.logLevel,
   ];
   const child = sandbox.spawn([process.execPath, ...args], {
-    env: { ...options.env, HOME: inner.home, TMPDIR: inner.tmp },
+    env: options.env,
     stdio: ["ignore", "pipe", "pipe"],
   });
   let log = logger;

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { type CgroupHierarchies, detectCgroups, SandboxCgroups } from "./cgroups.js";
 import {
+  assertLimits,
   assertSandboxId,
   assertSocketPathBudget,
   assertTraversable,
@@ -13,6 +14,8 @@ import {
   leasesDir,
   listRecords,
   prepareRoot,
+  type ReadOnlyBind,
+  readOnlyBinds,
   readRecord,
   removeSandboxFiles,
   type SandboxPaths,
@@ -77,6 +80,7 @@ interface BwrapSetup {
   seccompFilter: string;
   hierarchies: CgroupHierarchies;
   systemArgs: string[];
+  readOnlyBinds: ReadOnlyBind[];
 }
 
 async function findExecutable(name: string, fix: string): Promise<string> {
@@ -139,7 +143,7 @@ class BwrapSandbox implements Sandbox {
     this.userCgroupDirs = cgroups.userLeafDirs().map((_, i) => `${INNER_CGROUP_DIR}/${i}`);
   }
 
-  private bwrapArgs(binds: SandboxSpawnOptions["binds"]): string[] {
+  private bwrapArgs(): string[] {
     const { dirs } = this.paths;
     const args = [
       "--unshare-user",
@@ -184,8 +188,7 @@ class BwrapSandbox implements Sandbox {
       INNER_DIRS.run,
     ];
     for (const [i, dir] of this.cgroups.userLeafDirs().entries()) args.push("--bind", dir, `${INNER_CGROUP_DIR}/${i}`);
-    for (const path of this.options.readOnlyPaths) args.push("--ro-bind", path, path);
-    for (const bind of binds ?? []) args.push(bind.readOnly ? "--ro-bind" : "--bind", bind.host, bind.inner);
+    for (const bind of this.setup.readOnlyBinds) args.push("--ro-bind", bind.source, bind.dest);
     args.push("--remount-ro", "/", "--chdir", INNER_DIRS.home, "--seccomp", String(FD.seccomp));
     return args;
   }
@@ -201,7 +204,7 @@ class BwrapSandbox implements Sandbox {
     const argsFile = join(etc, "bwrap-args");
     writeFileSync(
       argsFile,
-      this.bwrapArgs(options.binds)
+      this.bwrapArgs()
         .map((arg) => `${arg}\0`)
         .join(""),
       { mode: 0o600 },
@@ -219,6 +222,7 @@ class BwrapSandbox implements Sandbox {
     const env = {
       PATH: DEFAULT_PATH,
       HOME: INNER_DIRS.home,
+      TMPDIR: INNER_DIRS.tmp,
       USER: "user",
       LOGNAME: "user",
       SHELL: "/bin/bash",
@@ -258,14 +262,6 @@ class BwrapSandbox implements Sandbox {
       { sandboxId: this.id, uid: this.uid, keepDirs: options?.keepDirs ?? false },
       "sandbox destroyed",
     );
-  }
-}
-
-/** Throws unless every limit is a positive integer. */
-export function assertLimits(limits: SandboxLimits): void {
-  for (const [name, value] of Object.entries(limits)) {
-    if (!Number.isSafeInteger(value) || value <= 0)
-      throw new Error(`sandbox limit ${name} must be a positive integer, got ${value}`);
   }
 }
 
@@ -315,12 +311,7 @@ export class BwrapSandboxDriver implements SandboxDriver {
     }
     await prepareRoot(root, true);
     await assertTraversable(join(root, "sbx_probe"), "sandbox root");
-    for (const path of this.options.readOnlyPaths) {
-      await access(path).catch(() => {
-        throw new SandboxSetupError(`read-only path ${path} does not exist: fix readOnlyPaths`);
-      });
-      await assertTraversable(path, "read-only path");
-    }
+    const binds = await readOnlyBinds(root, this.options.readOnlyPaths);
     const hierarchies = await detectCgroups(
       this.options.cgroupRoot ?? "/sys/fs/cgroup",
       this.options.cgroupParent ?? "devex",
@@ -335,6 +326,7 @@ export class BwrapSandboxDriver implements SandboxDriver {
       setpriv,
       hierarchies,
       seccompFilter: await compileSeccompFilter(stateDir(root)),
+      readOnlyBinds: binds,
       systemArgs: await systemArgs(),
     };
     // Proves user namespaces work for an unprivileged uid here (AppArmor or a container may forbid them).
@@ -429,11 +421,7 @@ export class BwrapSandboxDriver implements SandboxDriver {
     return new BwrapSandbox(id, record.uid, paths, cgroups, setup, this.options);
   }
 
-  async list(): Promise<string[]> {
-    const ids: string[] = [];
-    for (const id of await listRecords(this.options.root)) {
-      if ((await readRecord(sandboxPaths(this.options.root, id)))?.kind === "bwrap") ids.push(id);
-    }
-    return ids;
+  list(): Promise<string[]> {
+    return listRecords(this.options.root, this.kind);
   }
 }

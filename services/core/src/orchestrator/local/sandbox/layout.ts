@@ -1,7 +1,12 @@
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmod, chown, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { promisify } from "node:util";
+import { readJsonObject, writeJsonFile } from "../json-file.js";
 import { SANDBOX_ID_PATTERN, type SandboxDirs, type SandboxLimits, SandboxSetupError } from "./types.js";
+
+const run = promisify(execFile);
 
 /** Longest host path of a Unix socket we accept (sun_path holds 108 bytes; keep a margin). */
 export const MAX_SOCKET_PATH_BYTES = 100;
@@ -100,18 +105,59 @@ export async function prepareRoot(root: string, traversable: boolean): Promise<v
   }
 }
 
-/** Throws unless every ancestor of `path` lets any uid traverse it (bwrap runs as the sandbox uid). */
-export async function assertTraversable(path: string, what: string): Promise<void> {
+/** The first ancestor of `path` that other uids may not traverse (bwrap runs as the sandbox uid), if any. */
+export async function closedAncestor(path: string): Promise<{ dir: string; mode: number } | undefined> {
   for (let dir = dirname(path); ; dir = dirname(dir)) {
-    const mode = (await stat(dir)).mode;
-    if ((mode & 0o001) === 0) {
-      throw new SandboxSetupError(
-        `${what} ${path} is not reachable by sandbox uids: ${dir} has mode ${(mode & 0o777).toString(8)}; ` +
-          `run 'chmod o+x ${dir}' or choose a path under a world-traversable directory`,
-      );
-    }
-    if (dir === dirname(dir)) return;
+    const mode = (await stat(dir)).mode & 0o777;
+    if ((mode & 0o001) === 0) return { dir, mode };
+    if (dir === dirname(dir)) return undefined;
   }
+}
+
+/** Throws unless every ancestor of `path` lets any uid traverse it. */
+export async function assertTraversable(path: string, what: string): Promise<void> {
+  const closed = await closedAncestor(path);
+  if (closed) {
+    throw new SandboxSetupError(
+      `${what} ${path} is not reachable by sandbox uids: ${closed.dir} has mode ${closed.mode.toString(8)}; ` +
+        `run 'chmod o+x ${closed.dir}' or choose a path under a world-traversable directory`,
+    );
+  }
+}
+
+/** A host path bound read-only into every sandbox at `dest`. */
+export interface ReadOnlyBind {
+  source: string;
+  dest: string;
+}
+
+/**
+ * Where each read-only path is bound from. A path every uid can reach is bound as it is; one
+ * under a folder closed to other uids (a checkout in a 0700 home or temporary folder) is
+ * staged first under `<root>/.runtime` as hard links (a copy across filesystems), since bwrap
+ * resolves bind sources as the sandbox's uid; inside the sandbox it is at its own path either
+ * way. The staging is redone at every start of core: the code it holds may have been rebuilt.
+ */
+export async function readOnlyBinds(root: string, paths: readonly string[]): Promise<ReadOnlyBind[]> {
+  const staging = join(root, ".runtime");
+  await rm(staging, { recursive: true, force: true });
+  const binds: ReadOnlyBind[] = [];
+  for (const path of paths) {
+    await stat(path).catch(() => {
+      throw new SandboxSetupError(`read-only path ${path} does not exist: fix readOnlyPaths`);
+    });
+    if (!(await closedAncestor(path))) {
+      binds.push({ source: path, dest: path });
+      continue;
+    }
+    const staged = join(staging, path);
+    await mkdir(dirname(staged), { recursive: true, mode: 0o755 });
+    await run("cp", ["-al", path, staged]).catch(() => run("cp", ["-a", path, staged]));
+    binds.push({ source: staged, dest: path });
+  }
+  // Folders made here are readable by all (they hold code, never secrets), whatever the umask.
+  if (binds.some((bind) => bind.source.startsWith(staging))) await run("chmod", ["-R", "go+rX", staging]);
+  return binds;
 }
 
 /** Creates `<root>/<id>` (0700) and its dirs, owned by the sandbox uid. */
@@ -146,23 +192,34 @@ export async function writeEtcFiles(paths: SandboxPaths, uid: number, gid: numbe
 }
 
 /** Writes a record atomically (temp file + rename). */
-export async function writeRecord(paths: SandboxPaths, record: SandboxRecord): Promise<void> {
-  const temp = `${paths.record}.${process.pid}.tmp`;
-  await writeFile(temp, `${JSON.stringify(record)}\n`, { mode: 0o600 });
-  await rename(temp, paths.record);
+export function writeRecord(paths: SandboxPaths, record: SandboxRecord): Promise<void> {
+  return writeJsonFile(paths.record, record);
 }
 
+/** The sandbox's record; undefined when it has none (or one that is not a JSON object). */
 export async function readRecord(paths: SandboxPaths): Promise<SandboxRecord | undefined> {
-  try {
-    return JSON.parse(await readFile(paths.record, "utf8")) as SandboxRecord;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw error;
+  return (await readJsonObject(paths.record)) as SandboxRecord | undefined;
+}
+
+/** Throws unless every limit is a positive integer. */
+export function assertLimits(limits: SandboxLimits): void {
+  for (const [name, value] of Object.entries(limits)) {
+    if (!Number.isSafeInteger(value) || value <= 0)
+      throw new Error(`sandbox limit ${name} must be a positive integer, got ${value}`);
   }
 }
 
+/** Ids of the sandboxes of `kind` with a record under the root. */
+export async function listRecords(root: string, kind: SandboxRecord["kind"]): Promise<string[]> {
+  const ids: string[] = [];
+  for (const id of await recordIds(root)) {
+    if ((await readRecord(sandboxPaths(root, id)))?.kind === kind) ids.push(id);
+  }
+  return ids;
+}
+
 /** Ids of every sandbox with a record under the root. */
-export async function listRecords(root: string): Promise<string[]> {
+async function recordIds(root: string): Promise<string[]> {
   let names: string[];
   try {
     names = await readdir(stateDir(root));

@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdir, readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
-import { assertLimits } from "./bwrap.js";
 import {
+  assertLimits,
   assertSandboxId,
   assertSocketPathBudget,
   createHostDirs,
@@ -133,11 +133,7 @@ export class NoneSandboxDriver implements SandboxDriver {
     return record?.kind === "none" ? new NoneSandbox(id, record.uid, paths, record) : undefined;
   }
 
-  async list(): Promise<string[]> {
-    const ids: string[] = [];
-    for (const id of await listRecords(this.options.root)) {
-      if ((await readRecord(sandboxPaths(this.options.root, id)))?.kind === "none") ids.push(id);
-    }
-    return ids;
+  list(): Promise<string[]> {
+    return listRecords(this.options.root, this.kind);
   }
 }

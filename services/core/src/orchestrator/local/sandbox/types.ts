@@ -1,15 +1,12 @@
 import type { ChildProcess, StdioOptions } from "node:child_process";
 import type { Logger } from "pino";
+import type { RunnerResources } from "../../orchestrator.js";
 
-/** Resource limits of one sandbox; memory and processes bound the programs the runner starts. */
-export interface SandboxLimits {
-  /** Memory (RAM, no swap) of every program the runner starts, together. */
-  memoryBytes: number;
-  /** CPU time of the whole sandbox, in thousandths of a core (1000 = one core). */
-  cpuMillicores: number;
-  /** Processes and threads of every program the runner starts, together. */
-  maxProcesses: number;
-}
+/**
+ * Resource limits of one sandbox: a runner's resources. Memory (RAM, no swap) and processes
+ * bound the programs the runner starts, together; CPU bounds the whole sandbox.
+ */
+export type SandboxLimits = RunnerResources;
 
 /** Options of {@link createSandboxDriver}. */
 export interface SandboxDriverOptions {
@@ -49,8 +46,6 @@ export interface SandboxDirs {
 export interface SandboxSpawnOptions {
   env: Record<string, string>;
   stdio: StdioOptions;
-  /** Extra host paths bound into the sandbox (e.g. the allowlist proxy's socket). bwrap only. */
-  binds?: { host: string; inner: string; readOnly?: boolean }[];
 }
 
 /** One repl's sandbox: a uid, its directories, its cgroups and the processes in it. */
@@ -62,7 +57,11 @@ export interface Sandbox {
   readonly innerDirs: SandboxDirs;
   /** Inside paths for the runner's `--process-cgroups`; [] for the none driver. */
   readonly userCgroupDirs: string[];
-  /** Starts argv[0] inside the sandbox as its uid, in the runner leaf; own process group (detached). */
+  /**
+   * Starts argv[0] inside the sandbox as its uid, in the runner leaf; own process group
+   * (detached). HOME and TMPDIR are the sandbox's (bwrap adds PATH, USER, LOGNAME and SHELL
+   * of its user) unless `env` sets them.
+   */
   spawn(argv: string[], options: SandboxSpawnOptions): ChildProcess;
   setLimits(limits: SandboxLimits): Promise<void>;
   /** Pids (host pid namespace) of every process in the sandbox (for none: the spawned process groups). */
