@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { chmod, chown, mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { createHash, randomBytes } from "node:crypto";
+import { chmod, chown, lstat, mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { dirname, join, relative } from "node:path";
 import { promisify } from "node:util";
 import { readJsonObject, writeJsonFile } from "../json-file.js";
 import { SANDBOX_ID_PATTERN, type SandboxDirs, type SandboxLimits, SandboxSetupError } from "./types.js";
@@ -136,28 +136,61 @@ export interface ReadOnlyBind {
  * under a folder closed to other uids (a checkout in a 0700 home or temporary folder) is
  * staged first under `<root>/.runtime` as hard links (a copy across filesystems), since bwrap
  * resolves bind sources as the sandbox's uid; inside the sandbox it is at its own path either
- * way. The staging is redone at every start of core: the code it holds may have been rebuilt.
+ * way. A staged copy is named by what it holds (each file's path, inode, size and time), so a
+ * rebuilt runner gets a new one, and cores sharing the root (or restarting while sandboxes run
+ * on an older copy) never pull one from under another.
  */
 export async function readOnlyBinds(root: string, paths: readonly string[]): Promise<ReadOnlyBind[]> {
-  const staging = join(root, ".runtime");
-  await rm(staging, { recursive: true, force: true });
   const binds: ReadOnlyBind[] = [];
   for (const path of paths) {
     await stat(path).catch(() => {
       throw new SandboxSetupError(`read-only path ${path} does not exist: fix readOnlyPaths`);
     });
-    if (!(await closedAncestor(path))) {
-      binds.push({ source: path, dest: path });
-      continue;
-    }
-    const staged = join(staging, path);
-    await mkdir(dirname(staged), { recursive: true, mode: 0o755 });
-    await run("cp", ["-al", path, staged]).catch(() => run("cp", ["-a", path, staged]));
-    binds.push({ source: staged, dest: path });
+    binds.push({ source: (await closedAncestor(path)) ? await stage(root, path) : path, dest: path });
   }
-  // Folders made here are readable by all (they hold code, never secrets), whatever the umask.
-  if (binds.some((bind) => bind.source.startsWith(staging))) await run("chmod", ["-R", "go+rX", staging]);
   return binds;
+}
+
+/** Stages `path` under `<root>/.runtime/<signature>/` (once) and returns the staged path. */
+async function stage(root: string, path: string): Promise<string> {
+  const runtime = join(root, ".runtime");
+  const dir = join(runtime, await treeSignature(path));
+  const staged = join(dir, path);
+  if (
+    await stat(staged).then(
+      () => true,
+      () => false,
+    )
+  )
+    return staged;
+  const temporary = `${dir}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
+  try {
+    await mkdir(dirname(join(temporary, path)), { recursive: true, mode: 0o755 });
+    await run("cp", ["-al", path, join(temporary, path)]).catch(() => run("cp", ["-a", path, join(temporary, path)]));
+    // The folders are new (only files are links): readable by all, they hold code, never secrets.
+    await run("find", [temporary, "-type", "d", "-exec", "chmod", "go+rx", "{}", "+"]);
+    await chmod(runtime, 0o755);
+    await rename(temporary, dir).catch((error: NodeJS.ErrnoException) => {
+      // Another core staged the same tree meanwhile: use its copy.
+      if (error.code !== "EEXIST" && error.code !== "ENOTEMPTY") throw error;
+    });
+  } finally {
+    await rm(temporary, { recursive: true, force: true });
+  }
+  return staged;
+}
+
+/** A short hash of every entry under `path`: its relative path, inode, size and modification time. */
+async function treeSignature(path: string): Promise<string> {
+  const hash = createHash("sha256").update(path);
+  const visit = async (current: string) => {
+    const info = await lstat(current);
+    hash.update(`\0${relative(path, current)}\0${info.ino}\0${info.size}\0${info.mtimeMs}`);
+    if (!info.isDirectory()) return;
+    for (const name of (await readdir(current)).sort()) await visit(join(current, name));
+  };
+  await visit(path);
+  return hash.digest("hex").slice(0, 16);
 }
 
 /** Creates `<root>/<id>` (0700) and its dirs, owned by the sandbox uid. */
