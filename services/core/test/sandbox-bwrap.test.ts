@@ -250,6 +250,18 @@ print('started', started)
     expect((await run(reopened as Sandbox, "id -u")).stdout.trim()).toBe(String(a.uid));
   });
 
+  it("kills while another handle destroys it (two cores, or a stop racing an exit) without an error", async () => {
+    for (let round = 0; round < 5; round++) {
+      const sandbox = await driver.create(newSandboxId(), limits);
+      sandbox.spawn(["/bin/sleep", "30"], { env: {}, stdio: "ignore" });
+      for (let i = 0; i < 200 && (await sandbox.pids()).length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+      const other = (await driver.open(sandbox.id)) as Sandbox;
+      await Promise.all([sandbox.destroy(), other.kill(), other.kill(), other.signal("SIGTERM")]);
+      expect(await driver.open(sandbox.id)).toBeUndefined();
+      expect(await other.pids()).toEqual([]);
+    }
+  });
+
   it("destroy leaves no process, cgroup, lease or dir", async () => {
     const sandbox = await driver.create(newSandboxId(), limits);
     sandbox.spawn(["/bin/bash", "-c", `${inUserLeaf(sandbox, "sleep 60")} & sleep 60`], { env: {}, stdio: "ignore" });

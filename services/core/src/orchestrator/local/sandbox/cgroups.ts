@@ -93,9 +93,18 @@ async function readPids(file: string): Promise<number[]> {
   try {
     return (await readFile(file, "utf8")).split("\n").filter(Boolean).map(Number);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
+    if (isRemovedCgroup(error)) return [];
     throw error;
   }
+}
+
+/**
+ * Whether an error says the cgroup is gone: removed once empty (by another core, or a
+ * concurrent destroy), a group's files vanish (ENOENT) or, if open, fail with ENODEV.
+ */
+function isRemovedCgroup(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === "ENOENT" || code === "ENODEV";
 }
 
 function signalPids(pids: number[], signal: NodeJS.Signals): void {
@@ -258,8 +267,17 @@ export class SandboxCgroups {
     signalPids(await this.pids(), signal);
   }
 
-  /** SIGKILLs every process until the groups are empty (or `timeoutMs` passes). */
+  /** SIGKILLs every process until the groups are empty (or `timeoutMs` passes); groups removed meanwhile are empty. */
   async kill(timeoutMs = 10_000): Promise<void> {
+    try {
+      await this.killUntilEmpty(timeoutMs);
+    } catch (error) {
+      // Removed by a concurrent destroy, which removes groups only once they are empty.
+      if (!isRemovedCgroup(error)) throw error;
+    }
+  }
+
+  private async killUntilEmpty(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     const killFile = this.version === 2 ? join(this.groups.unified as string, "cgroup.kill") : undefined;
     for (;;) {
