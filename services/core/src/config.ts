@@ -116,6 +116,13 @@ export const coreSettings = {
     description:
       "How the local orchestrator confines each repl: bwrap (namespaces with bubblewrap, an unprivileged uid per repl, cgroup limits, seccomp; Linux, as root) or none (no isolation at all: only for a trusted laptop, and core warns at start). Default bwrap.",
   }),
+  sandboxRoot: setting({
+    flag: "sandbox-root",
+    env: "DEVEX_SANDBOX_ROOT",
+    schema: optional(textSchema),
+    description:
+      "Where the local orchestrator keeps each sandbox's folders (workspace, home, tmp, sockets); every folder above it must let other uids through. Default <data dir>/sandboxes, or /var/lib/devex/sandboxes/<hash> when the data directory sits in a folder closed to other uids.",
+  }),
   sandboxMemoryBytes: setting({
     flag: "sandbox-memory-bytes",
     env: "DEVEX_SANDBOX_MEMORY_BYTES",

@@ -16,7 +16,11 @@ import { repoRoot } from "@devex/kit/testing";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { newId } from "../src/ids.js";
-import { createLocalOrchestrator, type LocalOrchestratorOptions } from "../src/orchestrator/local/index.js";
+import {
+  createLocalOrchestrator,
+  defaultSandboxRoot,
+  type LocalOrchestratorOptions,
+} from "../src/orchestrator/local/index.js";
 import { createSandboxDriver } from "../src/orchestrator/local/sandbox/index.js";
 import { defaultRunnerResources, type Orchestrator, type RunnerInstance } from "../src/orchestrator/orchestrator.js";
 import { createRunnerCaller } from "../src/orchestrator/runner-client.js";
@@ -396,6 +400,33 @@ describe("local orchestrator", () => {
     await closing.close({ stopRunners: true });
     for (const pid of pids) expect(processExists(pid)).toBe(false);
     expect((await codeOf(() => closing.start(spec()))).code).toBe(Code.Unavailable);
+  });
+});
+
+describe("local orchestrator with a data directory in a closed folder", () => {
+  it("keeps sandboxes where their uids reach them, and the data directory closed", async () => {
+    const closed = await mkdtemp(join(tmpdir(), "devex-closed-home-"));
+    scratchDirs.push(closed);
+    const dir = join(closed, "data");
+    await mkdir(dir, { mode: 0o700 });
+    const sandboxRoot = await defaultSandboxRoot(dir);
+    expect(sandboxRoot).toMatch(/^\/var\/lib\/devex\/sandboxes\/[0-9a-f]{16}$/);
+    expect(await defaultSandboxRoot(dir)).toBe(sandboxRoot);
+    expect(await defaultSandboxRoot(dataDir)).toBe(join(dataDir, "sandboxes"));
+    scratchDirs.push(sandboxRoot);
+    const outside = newOrchestrator({ dataDir: dir, sandboxRoot });
+    const { replId } = spec();
+    await outside.start(spec(replId));
+    const ready = await outside.waitReady(replId, 15_000);
+    expect(ready.endpoint.startsWith(`unix:${sandboxRoot}/`)).toBe(true);
+    const fs = await userClient(ready, FilesystemService);
+    await fs.writeFile({ path: "here.txt", content: new TextEncoder().encode("ok") });
+    expect(outside.workspacePath(replId).startsWith(`${sandboxRoot}/`)).toBe(true);
+    // Nothing was opened to other uids in the data directory or above it.
+    expect((await stat(dir)).mode & 0o777).toBe(0o700);
+    expect((await stat(closed)).mode & 0o777).toBe(0o700);
+    await outside.stop(replId, 2_000);
+    await outside.removeWorkspace(replId);
   });
 });
 

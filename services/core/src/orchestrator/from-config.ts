@@ -13,6 +13,7 @@ export type OrchestratorConfig = Pick<
   | "runnerEntry"
   | "runnerStandbyCount"
   | "sandbox"
+  | "sandboxRoot"
   | "sandboxUidBase"
   | "sandboxMemoryBytes"
   | "sandboxCpuMillicores"
@@ -29,13 +30,16 @@ export async function createOrchestrator(
   logger: Logger,
 ): Promise<Orchestrator> {
   // One driver today; Kubernetes is the next, loaded only when chosen.
-  const { createLocalOrchestrator } = await import("./local/index.js");
+  const { createLocalOrchestrator, defaultSandboxRoot } = await import("./local/index.js");
+  const sandboxRoot = config.sandboxRoot ?? (await defaultSandboxRoot(dataDir));
+  logger.info({ sandboxRoot }, "sandboxes' folders");
   return createLocalOrchestrator({
     dataDir,
     runnerEntry: resolve(config.runnerEntry),
     tokenKeys,
     logger,
     sandbox: config.sandbox,
+    sandboxRoot,
     sandboxUidBase: config.sandboxUidBase,
     network: { mode: config.sandboxNetwork, allowHosts: allowHostsOf(config) },
     standbyRunners: config.runnerStandbyCount,

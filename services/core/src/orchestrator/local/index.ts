@@ -1,7 +1,8 @@
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { access, chmod, mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { unixEndpoint } from "@devex/kit";
@@ -19,7 +20,13 @@ import {
   type RunnerProcess,
   runnerSocketName,
 } from "./runner-process.js";
-import { createSandboxDriver, newSandboxId, type Sandbox, type SandboxDriver } from "./sandbox/index.js";
+import {
+  closedAncestor,
+  createSandboxDriver,
+  newSandboxId,
+  type Sandbox,
+  type SandboxDriver,
+} from "./sandbox/index.js";
 import { createStandbyPool, type StandbyPool } from "./standby-pool.js";
 
 /** Options for {@link createLocalOrchestrator}. */
@@ -32,6 +39,11 @@ export interface LocalOrchestratorOptions {
   logger: Logger;
   /** How each repl is confined: `bwrap` (default) or `none` (no isolation). */
   sandbox?: "bwrap" | "none";
+  /**
+   * Where sandboxes' folders live. Default `<dataDir>/sandboxes` (see {@link defaultSandboxRoot}
+   * for the default core uses).
+   */
+  sandboxRoot?: string;
   /** A sandbox driver to use instead of the one `sandbox` names (tests). */
   sandboxDriver?: SandboxDriver;
   /** First host uid of the sandboxes' range. Default 200000. */
@@ -94,11 +106,12 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   const closeGraceMs = options.closeGraceMs ?? 5_000;
   const logger = options.logger.child({ driver: "local" });
   const sandboxKind = options.sandboxDriver?.kind ?? options.sandbox ?? "bwrap";
+  const sandboxRoot = resolve(options.sandboxRoot ?? join(dataDir, "sandboxes"));
   const sandboxes =
     options.sandboxDriver ??
     createSandboxDriver({
       kind: sandboxKind,
-      root: join(dataDir, "sandboxes"),
+      root: sandboxRoot,
       readOnlyPaths: runnerReadOnlyPaths(runnerEntry),
       ...(options.sandboxUidBase === undefined ? {} : { uidBase: options.sandboxUidBase }),
       logger,
@@ -108,7 +121,10 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   // sandbox's own folders: traverse only (0711), no listing, and every other entry of it
   // (keys, state, objects, the dev key) closed to every uid but core's. Nothing of the data
   // directory is visible inside a sandbox either way.
-  const prepared = sandboxKind === "bwrap" ? openDataDirToSandboxes(dataDir) : Promise.resolve();
+  const prepared =
+    sandboxKind === "bwrap" && dirname(sandboxRoot) === dataDir
+      ? openDataDirToSandboxes(dataDir, basename(sandboxRoot))
+      : Promise.resolve();
   const caller: RunnerCaller = createRunnerCaller(options.tokenKeys);
   const runners = new Map<string, Tracked>();
   const locks = new Map<string, Promise<unknown>>();
@@ -629,14 +645,27 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
 const standbyLimits = { memoryBytes: 512 * 1024 * 1024, cpuMillicores: 1_000, maxProcesses: 256 };
 
 /**
- * Lets sandbox uids traverse `dataDir` (0711) to their sandboxes, and closes every other
- * entry of it to them (0700 folders, no group or other bits on files).
+ * Where core keeps sandboxes by default: `<dataDir>/sandboxes` when every folder above the data
+ * directory lets other uids through (bwrap runs as each sandbox's uid and must reach it), else
+ * `/var/lib/devex/sandboxes/<hash of the data directory>`, so that a data directory in a
+ * closed folder (a checkout in a 0700 home) works as it is and stays closed.
  */
-async function openDataDirToSandboxes(dataDir: string): Promise<void> {
+export async function defaultSandboxRoot(dataDir: string): Promise<string> {
+  const absolute = resolve(dataDir);
+  if (!(await closedAncestor(absolute))) return join(absolute, "sandboxes");
+  const hash = createHash("sha256").update(absolute).digest("hex").slice(0, 16);
+  return join("/var/lib/devex/sandboxes", hash);
+}
+
+/**
+ * Lets sandbox uids traverse `dataDir` (0711) to their sandboxes' folder `sandboxes`, and
+ * closes every other entry of it to them (0700 folders, no group or other bits on files).
+ */
+async function openDataDirToSandboxes(dataDir: string, sandboxes: string): Promise<void> {
   await mkdir(dataDir, { recursive: true, mode: 0o711 });
   await chmod(dataDir, 0o711);
   for (const entry of await readdir(dataDir, { withFileTypes: true })) {
-    if (entry.name === "sandboxes") continue;
+    if (entry.name === sandboxes) continue;
     const path = join(dataDir, entry.name);
     if (entry.isDirectory()) await chmod(path, 0o700);
     else if (entry.isFile()) await chmod(path, (await stat(path)).mode & 0o700);

@@ -7,7 +7,7 @@ import { BwrapSandboxDriver } from "./bwrap.js";
 import { NoneSandboxDriver } from "./none.js";
 import type { SandboxDriver, SandboxDriverOptions } from "./types.js";
 
-export { newSandboxId } from "./layout.js";
+export { closedAncestor, newSandboxId } from "./layout.js";
 export type {
   Sandbox,
   SandboxDirs,
