@@ -37,12 +37,16 @@ for (const entry of entries) {
   });
 }
 
-// The sandbox's seccomp filter is compiled at run time by a script that lives beside the code
-// that runs it (libseccomp's Python bindings): the bundle needs it beside itself too.
+// What a bundle reads at run time lies beside it: the sandbox's seccomp filter script (compiled
+// by libseccomp's Python bindings when core starts), and the descriptors that reflection
+// serves (a runner in a sandbox sees its bundle's folder, not the repository's packages).
 copyFileSync(
   join(root, "services/core/src/orchestrator/local/sandbox/seccomp-filter.py"),
   join(root, "services/core/dist/seccomp-filter.py"),
 );
+for (const dist of ["runner/dist", "services/core/dist"]) {
+  copyFileSync(join(root, "gen/src/descriptors.binpb"), join(root, dist, "descriptors.binpb"));
+}
 
 for (const workspace of ["sdk", "cli"]) {
   execFileSync("npm", ["run", "--silent", "build", "--workspace", workspace], { cwd: root, stdio: "inherit" });

@@ -17,7 +17,7 @@ import { type Client, createClient, type Interceptor } from "@connectrpc/connect
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ReplService, ReplState } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { ProcessService } from "@devex/gen/devex/runner/v1/process_pb.js";
-import { freePort } from "@devex/kit/testing";
+import { bufCurl, freePort } from "@devex/kit/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CoreProcess, startCoreProcess } from "./support/core-process.js";
 
@@ -239,6 +239,27 @@ describe("a repl in the bwrap sandbox", () => {
     expect(a.uid).toBeGreaterThanOrEqual(200_000);
     expect(b.uid).toBeGreaterThanOrEqual(200_000);
     expect(a.uid).not.toBe(b.uid);
+  });
+
+  it("serves the README's buf curl session through the repl origin: reflection and RunProcess", async () => {
+    const base = `${core.replUrl}/${a.id}`;
+    const listed = await bufCurl(["--protocol", "grpc", "--http2-prior-knowledge", "--list-methods", base]);
+    expect(listed.code, listed.stderr).toBe(0);
+    expect(listed.stdout).toContain("devex.runner.v1.ProcessService/RunProcess");
+    const { access } = await repls.getReplAccess({ replId: a.id });
+    const ran = await bufCurl([
+      "--protocol",
+      "grpc",
+      "--http2-prior-knowledge",
+      "-H",
+      `Authorization: Bearer ${access?.token}`,
+      "-d",
+      '{"config":{"argv":["uname","-s"]}}',
+      `${base}/devex.runner.v1.ProcessService/RunProcess`,
+    ]);
+    expect(ran.code, ran.stderr).toBe(0);
+    const { stdout } = JSON.parse(ran.stdout) as { stdout: string };
+    expect(Buffer.from(stdout, "base64").toString()).toBe("Linux\n");
   });
 
   it("1. cannot read core's keys or data directory", async () => {

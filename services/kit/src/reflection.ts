@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
@@ -27,7 +27,10 @@ import {
  * these, so `buf curl` and grpcurl users see the doc comments.
  */
 export function loadDescriptorSet(): FileDescriptorProto[] {
-  const path = fileURLToPath(import.meta.resolve("@devex/gen/descriptors.binpb"));
+  // A service's bundle carries the set beside itself (`npm run build` copies it there): a
+  // runner in a sandbox sees its bundle's folder, not the repository's packages.
+  const beside = fileURLToPath(new URL("./descriptors.binpb", import.meta.url));
+  const path = existsSync(beside) ? beside : fileURLToPath(import.meta.resolve("@devex/gen/descriptors.binpb"));
   return fromBinary(FileDescriptorSetSchema, readFileSync(path)).file;
 }
 
