@@ -1,4 +1,4 @@
-import type { Repl } from "@devex/sdk";
+import type { Repl, SkippedEntry, Snapshot } from "@devex/sdk";
 
 /** Where a command writes: results on stdout (a table or JSON), messages and progress on stderr. */
 export interface Output {
@@ -79,7 +79,28 @@ export function replToJson(repl: Repl): Record<string, unknown> {
     lastStoppedAt: repl.lastStoppedAt,
     lastActiveAt: repl.lastActiveAt,
     idleTimeoutMs: repl.idleTimeoutMs,
+    keepAwake: repl.keepAwake,
     currentSnapshotId: repl.currentSnapshotId || undefined,
     labels: repl.labels,
   };
+}
+
+const skipReasonPhrases: Record<SkippedEntry["reason"], string> = {
+  fifo: "a FIFO",
+  socket: "a socket",
+  device: "a device",
+  unreadable: "unreadable",
+  unknown: "for a reason this devex does not know",
+};
+
+/**
+ * A warning naming what a snapshot left out of the workspace (FIFOs, sockets, devices, what the
+ * repl's user may not read), or undefined when it saved everything.
+ */
+export function skippedEntriesWarning(snapshot: Snapshot): string | undefined {
+  if (snapshot.skippedEntryCount === 0) return undefined;
+  const named = snapshot.skippedEntries.map((entry) => `${entry.path} (${skipReasonPhrases[entry.reason]})`);
+  const more = snapshot.skippedEntryCount - named.length;
+  const entries = snapshot.skippedEntryCount === 1 ? "1 entry" : `${snapshot.skippedEntryCount} entries`;
+  return `warning: snapshot ${snapshot.id} left out ${entries} of the workspace: ${named.join(", ")}${more > 0 ? `, and ${more} more` : ""}`;
 }

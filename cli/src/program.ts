@@ -4,7 +4,7 @@ import { login, logout } from "./commands/auth.js";
 import { copy } from "./commands/cp.js";
 import { execCommand } from "./commands/exec.js";
 import { openPreview, ports } from "./commands/ports.js";
-import { createRepl, listRepls, removeRepls, startRepl, stopRepl } from "./commands/repls.js";
+import { createRepl, listRepls, removeRepls, startRepl, stopRepl, updateRepl } from "./commands/repls.js";
 import { shell } from "./commands/shell.js";
 import { snapshots } from "./commands/snapshots.js";
 import { listTemplates } from "./commands/templates.js";
@@ -113,9 +113,30 @@ Exit status: 0 ok, 1 failure, 2 usage error; exec and shell exit with the remote
     .argument("<name>", "the new repl's name")
     .requiredOption("-t, --template <template>", "the template to start from (see `devex templates`)")
     .option("--start", "start it once created")
-    .option("--idle-timeout <seconds>", "stop it after this many seconds without activity")
+    .option("--idle-timeout <seconds>", "stop it after this many seconds without activity; never: keep it awake")
     .option("--label <key=value...>", "labels to attach")
     .action(act(createRepl));
+
+  program
+    .command("update")
+    .description("change a repl's idle policy (also while it runs)")
+    .argument("<repl>", "id or name")
+    .requiredOption(
+      "--idle-timeout <seconds>",
+      "stop it after this many seconds without activity (60 to 86400); default: the server's; never: keep it awake",
+    )
+    .addHelpText(
+      "after",
+      `
+Activity: attached terminals and commands, their input and output, file changes, a command still
+running, and a terminal whose shell runs a command in the foreground (a shell at its prompt is idle).
+Examples:
+  devex update myrepl --idle-timeout never     # a long quiet job: never stop it for being idle
+  devex update myrepl --idle-timeout 3600
+  devex update myrepl --idle-timeout default
+`,
+    )
+    .action(act(updateRepl));
 
   program
     .command("start")

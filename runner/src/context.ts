@@ -15,6 +15,7 @@ export interface RunnerContext {
   /**
    * Aborted when RunnerService.Shutdown begins draining: from then on, calls that would
    * start new work or change the workspace fail with Unavailable (see {@link assertAcceptingWork}).
+   * RunnerService.Resume replaces it with a fresh signal: read it at the time of each call.
    */
   draining: AbortSignal;
 }

@@ -7,6 +7,7 @@ import { ProcessService } from "@devex/gen/devex/runner/v1/process_pb.js";
 import {
   AssignResponseSchema,
   GetStatusResponseSchema,
+  ResumeResponseSchema,
   RunnerService,
   RunnerState,
   ShutdownResponseSchema,
@@ -72,7 +73,7 @@ export async function createRunner(
   await mkdir(config.workspace, { recursive: true });
   const workspace = await realpath(config.workspace);
   const { publicKey, replId } = await resolveIdentity(config, options.onDevCredentials);
-  const draining = new AbortController();
+  let draining = new AbortController();
   const context: RunnerContext = {
     config,
     workspace,
@@ -106,13 +107,26 @@ export async function createRunner(
     return drained;
   };
 
+  /** Undoes a drain (RunnerService.Resume): new work is accepted again; what the drain ended stays ended. */
+  const resume = async (reason: string): Promise<boolean> => {
+    if (!drained) return false;
+    await drained;
+    draining = new AbortController();
+    context.draining = draining.signal;
+    drained = undefined;
+    state = RunnerState.SERVING;
+    logger.info({ reason }, "resumed after a drain");
+    return true;
+  };
+
   const routes = (router: ConnectRouter) => {
     router.service(TerminalService, terminal.impl);
     router.service(FilesystemService, filesystem.impl);
     router.service(ProcessService, processes.impl);
     router.service(RunnerService, {
-      getStatus() {
+      async getStatus() {
         const { activity } = context;
+        const busySessionCount = await terminal.busy();
         const lastActivityAt = activity.lastActivityAt;
         return create(GetStatusResponseSchema, {
           version: runnerVersion,
@@ -123,6 +137,7 @@ export async function createRunner(
           attachedClients: activity.attachedClients,
           sessionCount: terminal.count(),
           runningProcessCount: processes.running(),
+          busySessionCount,
           lastActivityAt: timestampFromDate(lastActivityAt),
           idleSince: activity.attachedClients > 0 ? undefined : timestampFromDate(lastActivityAt),
           workspacePath: workspace,
@@ -146,6 +161,9 @@ export async function createRunner(
           options.onAssigned?.(req.replId);
         }
         return create(AssignResponseSchema, { replId: context.replId });
+      },
+      async resume(req) {
+        return create(ResumeResponseSchema, { wasDrained: await resume(req.reason || "requested") });
       },
       async shutdown(req) {
         const result = await drain(req.gracePeriodMs || 10_000, req.reason || "requested");

@@ -8,12 +8,14 @@ import {
   type ImportWorkspaceRequest,
   ImportWorkspaceResponseSchema,
   type RunnerService,
+  SkipReason,
 } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import {
   ArchiveIntegrityError,
   IgnoreFileError,
   InvalidArchiveError,
   type ArchiveCompression as KitCompression,
+  type SkipReason as KitSkipReason,
   packDirectory,
   readIgnoreFile,
   unpackArchive,
@@ -38,6 +40,13 @@ const kitCompressions: Partial<Record<ArchiveCompression, KitCompression>> = {
   [ArchiveCompression.ZSTD]: "zstd",
   [ArchiveCompression.GZIP]: "gzip",
   [ArchiveCompression.NONE]: "none",
+};
+
+const skipReasons: Record<KitSkipReason, SkipReason> = {
+  fifo: SkipReason.FIFO,
+  socket: SkipReason.SOCKET,
+  device: SkipReason.DEVICE,
+  unreadable: SkipReason.UNREADABLE,
 };
 
 /**
@@ -104,6 +113,8 @@ export function createWorkspaceArchives(options: WorkspaceArchiveOptions): Works
               contentSizeBytes: BigInt(totals.contentBytes),
               archiveSizeBytes: BigInt(totals.archiveBytes),
               sha256: totals.sha256,
+              skippedEntryCount: BigInt(totals.skippedCount),
+              skippedEntries: totals.skipped.map(({ path, reason }) => ({ path, reason: skipReasons[reason] })),
             },
           },
         });

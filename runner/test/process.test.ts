@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import {
   OutputTruncation,
   ProcessConfigSchema,
@@ -13,7 +14,7 @@ import {
   ProcessState,
   ProcessStream,
 } from "@devex/gen/devex/runner/v1/process_pb.js";
-import { RunnerService, Signal } from "@devex/gen/devex/runner/v1/runner_pb.js";
+import { RunnerService, RunnerState, Signal } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { createLogger } from "@devex/kit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { workspaceEnvironment } from "../src/environment.js";
@@ -751,6 +752,37 @@ describe("shutdown", () => {
       expect((await failure(c.sendProcessInput({ process: byPid(pid) }))).code).toBe(Code.Unavailable);
       // Reads keep working after shutdown.
       expect((await c.getProcess({ process: byPid(pid) })).process?.state).toBe(ProcessState.EXITED);
+    } finally {
+      await own.close();
+    }
+  });
+
+  it("is undone by Resume: new processes and writes are accepted again, ended ones stay ended", async () => {
+    const own = await startTestRunner();
+    try {
+      const c = await own.client(ProcessService);
+      const files = await own.client(FilesystemService);
+      const runner = await own.client(RunnerService, { role: "core" });
+      expect((await runner.resume({ reason: "nothing to undo" })).wasDrained).toBe(false);
+      const before = start({ config: { shell: "echo ready; sleep 1000", tag: "before" } }, c);
+      await before.until((x) => x.stdout === "ready\n", "ready");
+      await runner.shutdown({ gracePeriodMs: 1_000, reason: "stopping" });
+      await before.toEnd();
+      expect((await runner.getStatus({})).state).toBe(RunnerState.DRAINED);
+      expect((await failure(c.runProcess({ config: { argv: ["true"] } }))).code).toBe(Code.Unavailable);
+      expect((await failure(files.writeFile({ path: "a.txt", content: new Uint8Array([1]) }))).code).toBe(
+        Code.Unavailable,
+      );
+
+      expect((await runner.resume({ reason: "the save failed" })).wasDrained).toBe(true);
+      expect((await runner.getStatus({})).state).toBe(RunnerState.SERVING);
+      const ran = await c.runProcess({ config: { shell: "echo again" } });
+      expect(Buffer.from(ran.stdout).toString()).toBe("again\n");
+      await files.writeFile({ path: "a.txt", content: new Uint8Array([1]) });
+      expect((await c.getProcess({ process: byTag("before") })).process?.state).toBe(ProcessState.EXITED);
+      // A second stop drains again.
+      await runner.shutdown({ gracePeriodMs: 100, reason: "stopping again" });
+      expect((await failure(c.runProcess({ config: { argv: ["true"] } }))).code).toBe(Code.Unavailable);
     } finally {
       await own.close();
     }

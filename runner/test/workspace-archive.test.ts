@@ -13,6 +13,7 @@ import {
   utimes,
   writeFile,
 } from "node:fs/promises";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -28,6 +29,7 @@ import {
   type ImportWorkspaceResponse,
   RunnerService,
   Signal,
+  SkipReason,
 } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { createLogger } from "@devex/kit";
@@ -289,6 +291,36 @@ describe("ExportWorkspace and ImportWorkspace", () => {
       ignoreFile: "nope/.devexignore",
     });
     expect(all.trailer.fileCount).toBe(6n);
+  });
+
+  it("export leaves out FIFOs, sockets and devices, and names them in the trailer", async () => {
+    const { t, runner } = await start();
+    await writeFile(join(t.workspace, "kept.txt"), "kept\n");
+    await mkdir(join(t.workspace, "run"));
+    execFileSync("mkfifo", [join(t.workspace, "run/pipe"), join(t.workspace, "ignored.fifo")]);
+    execFileSync("mknod", [join(t.workspace, "null-device"), "c", "1", "3"]);
+    await mkdir(join(t.workspace, "zz"));
+    execFileSync(
+      "mkfifo",
+      Array.from({ length: 12 }, (_, i) => join(t.workspace, `zz/fifo-${i}`)),
+    );
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(join(t.workspace, "run/app.sock"), resolve));
+    try {
+      const exported = await exportWorkspace(runner, { compression: ArchiveCompression.NONE, exclude: ["*.fifo"] });
+      const names = execFileSync("tar", ["-t", "-f", "-"], { input: exported.bytes }).toString().trim().split("\n");
+      expect(names.sort()).toEqual(["./", "kept.txt", "run/", "zz/"]);
+      // Ignored paths are not counted; the first ten are named, in the order of the walk.
+      expect(exported.trailer).toMatchObject({ fileCount: 1n, directoryCount: 2n, skippedEntryCount: 15n });
+      expect(exported.trailer.skippedEntries.map((entry) => [entry.path, entry.reason])).toEqual([
+        ["null-device", SkipReason.DEVICE],
+        ["run/app.sock", SkipReason.SOCKET],
+        ["run/pipe", SkipReason.FIFO],
+        ...["0", "1", "10", "11", "2", "3", "4"].map((n) => [`zz/fifo-${n}`, SkipReason.FIFO]),
+      ]);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   it("export refuses an ignore file outside the workspace", async () => {

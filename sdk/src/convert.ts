@@ -2,6 +2,7 @@ import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import {
   type ReplPort as ProtoReplPort,
   ReplState as ProtoReplState,
+  SkipReason as ProtoSkipReason,
   type Snapshot as ProtoSnapshot,
   SnapshotReason as ProtoSnapshotReason,
 } from "@devex/gen/devex/core/v1/repl_pb.js";
@@ -18,6 +19,7 @@ import type {
   FsEvent,
   ReplPort,
   ReplState,
+  SkippedEntry,
   Snapshot,
   SnapshotReason,
   Template,
@@ -67,6 +69,13 @@ const snapshotReasons: Record<ProtoSnapshotReason, SnapshotReason> = {
   [ProtoSnapshotReason.SYSTEM_STOP]: "system-stop",
 };
 
+const skipReasons: Partial<Record<ProtoSkipReason, SkippedEntry["reason"]>> = {
+  [ProtoSkipReason.FIFO]: "fifo",
+  [ProtoSkipReason.SOCKET]: "socket",
+  [ProtoSkipReason.DEVICE]: "device",
+  [ProtoSkipReason.UNREADABLE]: "unreadable",
+};
+
 /** A snapshot as the SDK shows it. */
 export function toSnapshot(snapshot: ProtoSnapshot): Snapshot {
   return {
@@ -82,6 +91,11 @@ export function toSnapshot(snapshot: ProtoSnapshot): Snapshot {
     current: snapshot.current,
     description: snapshot.description,
     restoredFromSnapshotId: snapshot.restoredFromSnapshotId,
+    skippedEntryCount: snapshot.skippedEntryCount,
+    skippedEntries: snapshot.skippedEntries.map(({ path, reason }) => ({
+      path,
+      reason: skipReasons[reason] ?? "unknown",
+    })),
   };
 }
 

@@ -13,6 +13,7 @@ import type {
   Snapshot,
   Snapshots,
   Terminals,
+  UpdateReplOptions,
 } from "./types.js";
 
 /**
@@ -41,10 +42,15 @@ export class Repl {
   readonly lastStartedAt?: Date;
   /** When it last became stopped. */
   readonly lastStoppedAt?: Date;
-  /** The last activity core saw (terminal or process traffic, attached clients), if any. */
+  /**
+   * The last activity core saw, if any: terminal or process traffic, attached clients, file changes, a command
+   * still running, or a terminal whose shell runs a command in the foreground (attached or not).
+   */
   readonly lastActiveAt?: Date;
-  /** How long it may run with no activity before it is stopped (saving first), in ms. */
+  /** How long it may run with no activity before it is stopped (saving first), in ms, unless {@link Repl.keepAwake}. */
   readonly idleTimeoutMs: number;
+  /** True when it is never stopped for being idle (set with {@link Repl.update} or at create). */
+  readonly keepAwake: boolean;
   /** What the next start restores. */
   readonly currentSnapshotId: string;
   /** Free-form metadata. */
@@ -79,6 +85,7 @@ export class Repl {
     const lastActiveAt = toOptionalDate(repl.lastActiveAt);
     if (lastActiveAt) this.lastActiveAt = lastActiveAt;
     this.idleTimeoutMs = repl.idleTimeoutMs;
+    this.keepAwake = repl.keepAwake;
     this.currentSnapshotId = repl.currentSnapshotId;
     this.labels = { ...repl.labels };
     this.ports = repl.ports.map(toReplPort);
@@ -112,6 +119,33 @@ export class Repl {
     context.runner(this.id).invalidate();
     const repl = toRepl(context, response.repl);
     return response.snapshot ? { repl, snapshot: toSnapshot(response.snapshot) } : { repl };
+  }
+
+  /**
+   * Changes its idle policy: `keepAwake: true` keeps it running however long it has no activity (until you
+   * stop it, or set `keepAwake: false`), `idleTimeoutMs` sets how long it may be idle. Resolves with the repl
+   * after the change. Needs a key that may change repls (not read-only).
+   *
+   * @example
+   * ```ts
+   * await repl.update({ keepAwake: true }); // a long job with no output and nobody watching
+   * ```
+   */
+  async update(options: UpdateReplOptions): Promise<Repl> {
+    const context = this.#context;
+    const response = await context.call(
+      (call) =>
+        context.repls.updateRepl(
+          {
+            replId: this.id,
+            ...(options.idleTimeoutMs === undefined ? {} : { idleTimeoutMs: options.idleTimeoutMs }),
+            ...(options.keepAwake === undefined ? {} : { keepAwake: options.keepAwake }),
+          },
+          call,
+        ),
+      options.signal,
+    );
+    return toRepl(context, response.repl);
   }
 
   /**

@@ -19,6 +19,7 @@ export class ReplsModule implements Repls {
             name: options.name,
             templateName: options.template,
             idleTimeoutMs: options.idleTimeoutMs ?? 0,
+            keepAwake: options.keepAwake ?? false,
             labels: options.labels ?? {},
           },
           call,

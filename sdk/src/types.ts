@@ -90,8 +90,21 @@ export interface CreateReplOptions extends CallOptions {
    * 86400000. Default: the server's (300000 ms unless configured).
    */
   idleTimeoutMs?: number;
+  /** True: it is never stopped for being idle (see {@link Repl.keepAwake}). Default false. */
+  keepAwake?: boolean;
   /** Free-form metadata, usable as a list filter. */
   labels?: Record<string, string>;
+}
+
+/** Options of {@link Repl.update}; what is left out is not changed. */
+export interface UpdateReplOptions extends CallOptions {
+  /**
+   * How long the repl may run with no activity before it is stopped (saving first), in ms; between 60000 and
+   * 86400000, or 0 for the server's default (300000 ms unless configured). Applies at once, also while it runs.
+   */
+  idleTimeoutMs?: number;
+  /** True: it is never stopped for being idle, however long; false: its idle timeout applies again. */
+  keepAwake?: boolean;
 }
 
 /** The caller's repls. */
@@ -142,6 +155,24 @@ export interface Snapshot {
   description: string;
   /** For a restore: the snapshot whose tree it restores; empty otherwise. */
   restoredFromSnapshotId: string;
+  /**
+   * How many entries of the workspace the save left out: FIFOs, sockets and devices (a snapshot
+   * cannot hold them) and what the repl's user may not read. 0 when everything was saved.
+   */
+  skippedEntryCount: number;
+  /** The first of them (at most 10). */
+  skippedEntries: SkippedEntry[];
+}
+
+/** An entry of a repl's workspace that a snapshot left out. */
+export interface SkippedEntry {
+  /** Relative to the workspace root, "/"-separated. */
+  path: string;
+  /**
+   * Why: a FIFO, a socket or a device (which a snapshot cannot hold), a file or folder the repl's
+   * user may not read ("unreadable": a folder is saved empty), or a reason this SDK does not know.
+   */
+  reason: "fifo" | "socket" | "device" | "unreadable" | "unknown";
 }
 
 /** A repl's snapshots. */

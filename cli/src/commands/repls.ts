@@ -1,7 +1,15 @@
 import type { Repl, ReplState } from "@devex/sdk";
 import { UsageError } from "../cli-error.js";
 import type { CommandContext } from "../context.js";
-import { formatTable, lastActive, printJson, printLine, printNotice, replToJson } from "../output.js";
+import {
+  formatTable,
+  lastActive,
+  printJson,
+  printLine,
+  printNotice,
+  replToJson,
+  skippedEntriesWarning,
+} from "../output.js";
 
 const replStates: ReplState[] = ["created", "starting", "running", "stopping", "stopped", "failed", "deleting"];
 
@@ -30,17 +38,32 @@ export interface CreateOptions {
 
 /** `devex create <name> --template <t>`: a new repl, started too with `--start`. */
 export async function createRepl(ctx: CommandContext, name: string, options: CreateOptions): Promise<void> {
-  const idleTimeoutMs = options.idleTimeout === undefined ? undefined : parseSeconds(options.idleTimeout) * 1000;
+  const idle = options.idleTimeout === undefined ? {} : parseIdleTimeout(options.idleTimeout);
   const labels = options.label ? parseLabels(options.label) : undefined;
   const devex = await ctx.connect();
   let repl = await devex.repls.create({
     name,
     template: options.template,
-    ...(idleTimeoutMs === undefined ? {} : { idleTimeoutMs }),
+    ...idle,
     ...(labels ? { labels } : {}),
   });
   if (options.start) repl = await repl.start();
   report(ctx, repl, `Created repl ${repl.name} (${repl.id}) from template ${repl.templateName}; it is ${repl.state}`);
+}
+
+/** `devex update <repl> --idle-timeout <seconds|default|never>`: changes its idle policy, also while it runs. */
+export async function updateRepl(
+  ctx: CommandContext,
+  idOrName: string,
+  options: { idleTimeout: string },
+): Promise<void> {
+  const change = parseIdleTimeout(options.idleTimeout);
+  const devex = await ctx.connect();
+  const repl = await (await ctx.findRepl(devex, idOrName)).update(change);
+  const policy = repl.keepAwake
+    ? "is kept awake: it is never stopped for being idle"
+    : `is stopped after ${repl.idleTimeoutMs / 1000} s without activity`;
+  report(ctx, repl, `Repl ${repl.name} ${policy}`);
 }
 
 /** `devex start <repl>`: starts it (nothing to do when running) and waits until it runs. */
@@ -57,6 +80,8 @@ export async function stopRepl(ctx: CommandContext, idOrName: string): Promise<v
   if (ctx.output.json) return printJson(ctx.output, { repl: replToJson(repl), snapshot });
   const saved = snapshot ? `; workspace saved as snapshot ${snapshot.id}` : "";
   printNotice(ctx.output, `Repl ${repl.name} is ${repl.state}${saved}`);
+  const warning = snapshot && skippedEntriesWarning(snapshot);
+  if (warning) printNotice(ctx.output, warning);
 }
 
 /** `devex rm <repl...>`: deletes repls with their workspaces and snapshots. */
@@ -87,12 +112,18 @@ function parseState(value: string): ReplState {
   return state;
 }
 
-function parseSeconds(value: string): number {
+/**
+ * An `--idle-timeout` value: a whole number of seconds, `default` (the server's) or `never` (kept
+ * awake). A timeout clears keep-awake, so the repl is stopped after it as asked.
+ */
+function parseIdleTimeout(value: string): { idleTimeoutMs?: number; keepAwake: boolean } {
+  if (value === "never") return { keepAwake: true };
+  if (value === "default") return { idleTimeoutMs: 0, keepAwake: false };
   const seconds = Number(value);
   if (!Number.isInteger(seconds) || seconds <= 0) {
-    throw new UsageError(`--idle-timeout: "${value}" is not a whole number of seconds`);
+    throw new UsageError(`--idle-timeout: "${value}" is not a whole number of seconds, "default" or "never"`);
   }
-  return seconds;
+  return { idleTimeoutMs: seconds * 1000, keepAwake: false };
 }
 
 function parseLabels(values: string[]): Record<string, string> {

@@ -1,6 +1,14 @@
 import { UsageError } from "../cli-error.js";
 import type { CommandContext } from "../context.js";
-import { formatBytes, formatRelativeTime, formatTable, printJson, printLine, printNotice } from "../output.js";
+import {
+  formatBytes,
+  formatRelativeTime,
+  formatTable,
+  printJson,
+  printLine,
+  printNotice,
+  skippedEntriesWarning,
+} from "../output.js";
 
 /** Options of `devex snapshots`. */
 export interface SnapshotsOptions {
@@ -32,10 +40,10 @@ export async function snapshots(
   if (verb === "create") {
     const snapshot = await repl.snapshots.create(options.message ? { description: options.message } : {});
     if (ctx.output.json) return printJson(ctx.output, snapshot);
-    return printNotice(
-      ctx.output,
-      `Created snapshot ${snapshot.id} of ${repl.name} (${formatBytes(snapshot.sizeBytes)})`,
-    );
+    printNotice(ctx.output, `Created snapshot ${snapshot.id} of ${repl.name} (${formatBytes(snapshot.sizeBytes)})`);
+    const warning = skippedEntriesWarning(snapshot);
+    if (warning) printNotice(ctx.output, warning);
+    return;
   }
   if (verb === "restore") {
     const snapshot = await repl.snapshots.restore(snapshotId ?? "");
@@ -55,7 +63,8 @@ export async function snapshots(
     s.reason,
     formatBytes(s.sizeBytes),
     String(s.fileCount),
+    String(s.skippedEntryCount),
     s.description,
   ]);
-  printLine(ctx.output, formatTable(["ID", "CREATED", "REASON", "SIZE", "FILES", "DESCRIPTION"], rows));
+  printLine(ctx.output, formatTable(["ID", "CREATED", "REASON", "SIZE", "FILES", "SKIPPED", "DESCRIPTION"], rows));
 }

@@ -32,6 +32,8 @@ export interface TerminalPart {
   count(): number;
   /** Sessions whose program is still running. */
   running(): number;
+  /** Sessions busy right now: their shell is running a command in the foreground. */
+  busy(): Promise<number>;
   /** Ends every session: SIGHUP, then SIGKILL after the grace period. */
   shutdown(graceMs: number): Promise<{ closed: number; killed: number }>;
 }
@@ -241,6 +243,7 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
     impl,
     count: () => table.size,
     running: () => table.running(),
+    busy: () => table.busy(),
     shutdown: (graceMs) => table.shutdown(graceMs),
   };
 }

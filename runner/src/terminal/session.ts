@@ -2,6 +2,7 @@ import { constants } from "node:os";
 import { Code, ConnectError } from "@connectrpc/connect";
 import * as pty from "node-pty";
 import type { Activity } from "../activity.js";
+import { hasForegroundJob } from "./foreground.js";
 import { InputSequencer } from "./input-order.js";
 import { PtyWriter } from "./pty-writer.js";
 import { ScreenModel } from "./screen.js";
@@ -34,9 +35,12 @@ export interface SessionSpec {
   env: Record<string, string>;
   cols: number;
   rows: number;
-  /** How long the session lives with no client attached, in ms. */
+  /** How long the session lives with no client attached and not busy, in ms. */
   detachedLifetimeMs: number;
 }
+
+/** How often a detached session past its lifetime is checked again while it stays busy, at most, in ms. */
+const busyRecheckMs = 30_000;
 
 /** Runner-wide settings and hooks a session needs. */
 export interface SessionEnvironment {
@@ -74,6 +78,8 @@ export class TerminalSession {
   resizeCount = 0;
   private clients = 0;
   private lastDetachAt = Date.now();
+  /** When a detached session was last found busy at the end of its lifetime, in ms since the epoch. */
+  private lastBusyAt = 0;
   private readonly pty: pty.IPty;
   /** Writes input without node-pty's thread-pool hop; absent if node-pty exposes no fd. */
   private readonly writer: PtyWriter | undefined;
@@ -138,10 +144,19 @@ export class TerminalSession {
     return this.clients;
   }
 
-  /** When the session will be closed for having no client, if no client attaches first. */
+  /** When the session will be closed for having no client, if no client attaches first and it is not busy then. */
   get expiresAt(): Date | undefined {
     if (this.exit || this.clients > 0) return undefined;
-    return new Date(this.lastDetachAt + this.detachedLifetimeMs);
+    return new Date(Math.max(this.lastDetachAt, this.lastBusyAt) + this.detachedLifetimeMs);
+  }
+
+  /**
+   * Whether the program has handed the terminal to a command it runs in the foreground (see
+   * {@link hasForegroundJob}): a shell running a build, a server or an editor, with or without a
+   * client. False at the prompt, and once the program has exited.
+   */
+  async busy(): Promise<boolean> {
+    return !this.exit && (await hasForegroundJob(this.pty.pid));
   }
 
   private onOutput(data: Buffer): void {
@@ -191,11 +206,30 @@ export class TerminalSession {
     };
   }
 
-  private armDetachTimer(): void {
+  private armDetachTimer(delayMs = this.detachedLifetimeMs): void {
     if (this.exit || this.clients > 0) return;
     clearTimeout(this.detachTimer);
-    this.detachTimer = setTimeout(() => this.env.onDetachedTooLong(this), this.detachedLifetimeMs);
+    this.detachTimer = setTimeout(() => void this.detachedLifetimeOver(), delayMs);
     this.detachTimer.unref();
+  }
+
+  /**
+   * The detached lifetime is over, unless the session is busy: a detached shell is not closed
+   * under a build that outlasts the lifetime. A busy session is checked again later, and its
+   * lifetime then counts from the last time it was found busy.
+   */
+  private async detachedLifetimeOver(): Promise<void> {
+    const busy = await this.busy();
+    // A client may have attached, or the program exited, meanwhile.
+    if (this.exit || this.clients > 0) return;
+    if (busy) {
+      this.lastBusyAt = Date.now();
+      this.armDetachTimer(Math.min(this.detachedLifetimeMs, busyRecheckMs));
+      return;
+    }
+    const leftMs = Math.max(this.lastDetachAt, this.lastBusyAt) + this.detachedLifetimeMs - Date.now();
+    if (leftMs > 0) this.armDetachTimer(leftMs);
+    else this.env.onDetachedTooLong(this);
   }
 
   /**

@@ -53,6 +53,12 @@ export class SessionTable {
     return this.list().filter((e) => !e.session.exit).length;
   }
 
+  /** Sessions whose program is running a command in the foreground right now (see {@link TerminalSession.busy}). */
+  async busy(): Promise<number> {
+    const busy = await Promise.all(this.list().map((e) => e.session.busy()));
+    return busy.filter(Boolean).length;
+  }
+
   /** The session with this id; NOT_FOUND otherwise. */
   get(id: string): TerminalSession {
     const entry = this.entries.get(id);

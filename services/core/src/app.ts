@@ -5,11 +5,12 @@ import { AdminService } from "@devex/gen/devex/core/v1/admin_pb.js";
 import { AuthService } from "@devex/gen/devex/core/v1/auth_pb.js";
 import { ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { TemplateService } from "@devex/gen/devex/core/v1/template_pb.js";
-import { type Server, startServer } from "@devex/kit";
+import { type Server, ServingStatus, startServer } from "@devex/kit";
 import type { Logger } from "pino";
 import { createAuthInterceptor } from "./auth/interceptor.js";
 import type { CoreConfig } from "./config.js";
 import { deferredService } from "./deferred.js";
+import { createDependencyErrorInterceptor } from "./errors.js";
 import { createAuthService } from "./identity/auth-service.js";
 import { createLoginRoutes } from "./identity/callback.js";
 import { createIdentity, type Identity } from "./identity/identity.js";
@@ -20,6 +21,7 @@ import { createRunnerCaller } from "./orchestrator/runner-client.js";
 import { loadTokenKeys } from "./orchestrator/token-keys.js";
 import { previewAddress } from "./previews/hosts.js";
 import { type PreviewOrigin, startPreviewOrigin } from "./previews/preview-origin.js";
+import { createReplicas } from "./replicas.js";
 import { createAdminService } from "./repls/admin-service.js";
 import { snapshotReasonOfStop } from "./repls/convert.js";
 import { createIdleMonitor } from "./repls/idle.js";
@@ -31,7 +33,7 @@ import { createStartCommandLauncher } from "./repls/start-command.js";
 import { createRunnerEndpoints } from "./routing/endpoints.js";
 import { createReplProxy, startReplOrigin } from "./routing/proxy.js";
 import { createSnapshots } from "./snapshots/snapshots.js";
-import { createEmbeddedStore, createRedisStore, type StateStore } from "./state/index.js";
+import { createEmbeddedStore, createRedisStore, createStateMonitor } from "./state/index.js";
 import { createStoreCatalog, syncTemplates } from "./templates/store-catalog.js";
 import { createTemplateService } from "./templates/template-service.js";
 import { openWorkspaceStore } from "./workspaces/from-config.js";
@@ -62,10 +64,18 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const providers = loginProvidersFromConfig(config);
   const tokenKeys = await loadTokenKeys(dataDir);
-  const store: StateStore =
+  const state = createStateMonitor(
     config.stateStore === "redis"
-      ? await createRedisStore({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, logger })
-      : await createEmbeddedStore({ dataDir });
+      ? await createRedisStore({
+          url: config.redisUrl,
+          keyPrefix: config.redisKeyPrefix,
+          allowVolatile: config.allowVolatileRedis,
+          logger,
+        })
+      : await createEmbeddedStore({ dataDir }),
+    { logger },
+  );
+  const { store } = state;
   logger.info({ driver: store.driver }, "state store open");
   const objects = await openWorkspaceStore(config, dataDir);
   logger.info({ driver: objects.driver }, "workspace store open");
@@ -77,6 +87,15 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
       "--sandbox none: repls are NOT isolated: their programs run as core's own user, see core's data and keys, and share this machine's network",
     );
   }
+  // Before the orchestrator starts anything: a replica that cannot work beside its peers stops here.
+  const replicas = createReplicas({
+    store,
+    leaseMs: config.replicaLeaseMs,
+    orchestrator: config.orchestrator,
+    dataDir,
+    logger,
+  });
+  await replicas.start();
   const orchestrator = await createOrchestrator(config, dataDir, tokenKeys, logger);
   const runners = createRunnerCaller(tokenKeys);
   const repository = createReplRepository({ store });
@@ -89,9 +108,11 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     logger,
   });
   const stopGraceMs = 10_000;
+  const startCommand = createStartCommandLauncher({ templates: catalog, tokenKeys, logger });
   const lifecycle = createReplLifecycle({
     orchestrator,
     repository,
+    coreId: replicas.coreId,
     startTimeoutMs: config.startTimeoutMs,
     stopGraceMs,
     logger,
@@ -99,22 +120,20 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
       const endpoint = repl.runnerEndpoint ?? (await orchestrator.get(repl.id))?.endpoint;
       // No runner: nothing can have changed since the current snapshot.
       if (!endpoint) return undefined;
-      const saved = await snapshots.save(
-        repl.id,
-        { replId: repl.id, endpoint },
-        {
-          reason: snapshotReasonOfStop(reason),
-          final: { graceMs: stopGraceMs },
-          currentSnapshotId: repl.currentSnapshotId,
-        },
-      );
+      const runner = { replId: repl.id, endpoint };
+      const saved = await snapshots.save(repl.id, runner, {
+        reason: snapshotReasonOfStop(reason),
+        // The drain ended the template's start command: the repl that stays running gets it back.
+        final: { graceMs: stopGraceMs, onResumed: () => startCommand(repl, runner) },
+        currentSnapshotId: repl.currentSnapshotId,
+      });
       return saved.id;
     },
     async restoreWorkspace(repl, runner, signal) {
       if (repl.currentSnapshotId) await snapshots.restoreInto(repl.id, repl.currentSnapshotId, runner, signal);
     },
     removeData: (replId) => snapshots.deleteAll(replId),
-    onRunning: createStartCommandLauncher({ templates: catalog, tokenKeys, logger }),
+    onRunning: startCommand,
     async describeRunner(repl) {
       const template = await catalog.get(repl.templateName);
       return {
@@ -153,7 +172,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     host: config.host,
     shutdownGraceMs: config.shutdownGraceMs,
     ...(config.corsOrigins ? { cors: { origins: config.corsOrigins } } : {}),
-    interceptors: [authenticate],
+    interceptors: [createDependencyErrorInterceptor(), authenticate],
     routes(router) {
       router.service(
         AuthService,
@@ -231,9 +250,18 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
   const reconciler = createReconciler({
     lifecycle,
     orchestrator,
-    stuckAfterMs: 2 * config.startTimeoutMs,
+    replicas,
+    stuckAfterMs: config.stuckTransitionMs ?? 2 * config.startTimeoutMs,
     logger,
   });
+  // Nothing works without the state store: health says so, so that a supervisor restarts (or
+  // a load balancer avoids) a core that cannot use it, and says when it can again.
+  state.onChange((healthy) => {
+    const status = healthy ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
+    api.health.setAll(status);
+    replOrigin.health.setAll(status);
+  });
+  state.start();
   await reconciler.runOnce();
   reconciler.start(config.reconcileIntervalMs);
   const idle = createIdleMonitor({
@@ -257,12 +285,21 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     ...(devApiKey ? { devApiKey } : {}),
     close() {
       closing ??= (async () => {
-        await Promise.all([idle.stop(), reconciler.stop()]);
+        await Promise.all([idle.stop(), reconciler.stop(), state.stop()]);
         await Promise.all([api.close(), replOrigin.close(), previewOrigin?.close()]);
         await proxy.close();
         await endpoints.close();
-        await lifecycle.stopAll?.("system");
-        await orchestrator.close({ stopRunners: true });
+        // With other replicas alive, they take this one's repls over (its lease goes now) and
+        // their runners keep running; the last core stops and saves every repl.
+        const peers = await replicas.peers().catch(() => []);
+        await replicas.close();
+        if (peers.length > 0) {
+          logger.info({ peers: peers.map((peer) => peer.coreId) }, "leaving this core's repls to its peers");
+          await orchestrator.close();
+        } else {
+          await lifecycle.stopAll?.("system");
+          await orchestrator.close({ stopRunners: true });
+        }
         await runners.close();
         await store.close();
         await objects.close();

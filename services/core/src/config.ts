@@ -88,6 +88,14 @@ export const coreSettings = {
     schema: withDefault(textSchema, "devex:"),
     description: "Prefix of every Redis key core writes. Default devex:.",
   }),
+  allowVolatileRedis: setting({
+    flag: "allow-volatile-redis",
+    env: "DEVEX_ALLOW_VOLATILE_REDIS",
+    boolean: true,
+    schema: withDefault(booleanSchema, false),
+    description:
+      "Start even when Redis keeps its data in memory only (appendonly no and no save points), so that a restart of Redis loses every user, API key and repl; core warns at start. Default false: core refuses such a Redis.",
+  }),
   runnerEntry: setting({
     flag: "runner-entry",
     env: "DEVEX_RUNNER_ENTRY",
@@ -362,6 +370,13 @@ export const coreSettings = {
     schema: withDefault(durationMsSchema(100, 600_000), 15_000),
     description: "How often core asks running runners for their activity, in ms. Default 15000.",
   }),
+  replicaLeaseMs: setting({
+    flag: "replica-lease-ms",
+    env: "DEVEX_REPLICA_LEASE_MS",
+    schema: withDefault(durationMsSchema(1_000, 600_000), 15_000),
+    description:
+      "How long a core replica's lease in the state store lasts without renewal, in ms: another replica takes over the repls of one whose lease ran out. Default 15000.",
+  }),
   reconcileIntervalMs: setting({
     flag: "reconcile-interval-ms",
     env: "DEVEX_RECONCILE_INTERVAL_MS",
@@ -373,6 +388,13 @@ export const coreSettings = {
     env: "DEVEX_START_TIMEOUT_MS",
     schema: withDefault(durationMsSchema(1_000, 600_000), 60_000),
     description: "How long a runner may take to become healthy before the start fails, in ms. Default 60000.",
+  }),
+  stuckTransitionMs: setting({
+    flag: "stuck-transition-ms",
+    env: "DEVEX_STUCK_TRANSITION_MS",
+    schema: optional(durationMsSchema(1_000, 86_400_000)),
+    description:
+      "How old a start, stop or deletion must be before the reconciler takes it over from a worker that may be gone (another core that crashed), in ms; one this core knows has no worker left is taken over at once. Default twice --start-timeout-ms.",
   }),
   runnerTokenTtlMs: setting({
     flag: "runner-token-ttl-ms",

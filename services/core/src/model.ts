@@ -88,6 +88,8 @@ export interface ReplRecord {
   lastActiveAtMs?: number;
   /** 0 means the server default. */
   idleTimeoutMs: number;
+  /** Never stopped for being idle, whatever its idle timeout (ReplService's keep_awake). */
+  keepAwake?: boolean;
   currentSnapshotId: string;
   labels: Record<string, string>;
   /** Where its runner listens (core-internal URL) while starting or running. */

@@ -75,6 +75,7 @@ class RunnerProcesses implements Orchestrator {
     );
     for (let i = 0; i < 200 && !existsSync(socket); i++) await new Promise((r) => setTimeout(r, 25));
     const instance: RunnerInstance = {
+      id: dir,
       replId: spec.replId,
       userId: spec.userId,
       phase: "ready",

@@ -35,6 +35,7 @@ beforeEach(async () => {
           attachedClients: 0,
           sessionCount: 0,
           runningProcessCount: 0,
+          busySessionCount: 0,
           lastActivityAtMs: 0,
           version: "test",
           ...answer,
@@ -94,6 +95,36 @@ describe("the idle monitor", () => {
     expect(repl?.version).toBe(versionBefore);
     const shown = (await h.repls(alice).getRepl({ repl: { case: "replId", value: attached } })).repl;
     expect(Number(shown?.lastActiveAt?.seconds) * 1000).toBe(Math.floor(clock.now() / 1000) * 1000);
+  });
+
+  it("keeps a repl whose terminal runs a quiet command with no client attached, and stops it once the shell is back at its prompt", async () => {
+    const id = await startRepl("quiet-build");
+    // `sleep 600` in a detached terminal: no client, no output since it started, one busy session.
+    const startedAt = clock.now();
+    answers.set(id, { sessionCount: 1, busySessionCount: 1, lastActivityAtMs: startedAt });
+    clock.advance(defaultIdleTimeoutMs + 4_500);
+    expect((await monitor.checkOnce()).stopped).toEqual([]);
+    expect((await h.repository.get(id))?.record.lastActiveAtMs).toBe(clock.now());
+
+    // The sleep ended at this check (output then: its prompt); nothing since.
+    answers.set(id, { sessionCount: 1, busySessionCount: 0, lastActivityAtMs: clock.now() });
+    clock.advance(defaultIdleTimeoutMs - 1_000);
+    expect((await monitor.checkOnce()).stopped).toEqual([]);
+    clock.advance(2_000);
+    expect((await monitor.checkOnce()).stopped).toEqual([id]);
+    expect((await h.repository.get(id))?.record.stopReason).toBe("idle");
+  });
+
+  it("never stops a repl its owner keeps awake, and applies the idle timeout again once that is cleared", async () => {
+    const id = await startRepl("awake", 60_000);
+    const kept = await h.repls(alice).updateRepl({ replId: id, keepAwake: true });
+    expect(kept.repl).toMatchObject({ keepAwake: true, idleTimeoutMs: 60_000 });
+    clock.advance(24 * 3_600_000);
+    expect((await monitor.checkOnce()).stopped).toEqual([]);
+    expect((await h.repository.get(id))?.record.state).toBe("running");
+
+    await h.repls(alice).updateRepl({ replId: id, keepAwake: false });
+    expect((await monitor.checkOnce()).stopped).toEqual([id]);
   });
 
   it("writes activity at most every 30 s per repl", async () => {

@@ -246,6 +246,32 @@ describe("RenameRepl and UpdateRepl", () => {
     const noop = await client.updateRepl({ replId: id });
     expect(noop.repl?.version).toBe(reset.repl?.version);
   });
+
+  it("keeps a repl awake at create or by an update of its owner only, with a writing scope", async () => {
+    const client = h.repls(alice);
+    const created = (await client.createRepl({ name: "k", templateName: "node", keepAwake: true })).repl;
+    expect(created).toMatchObject({ keepAwake: true, idleTimeoutMs: harnessIdleTimeoutMs });
+    const id = created?.id ?? "";
+    const cleared = await client.updateRepl({ replId: id, keepAwake: false });
+    expect(cleared.repl).toMatchObject({ keepAwake: false, version: 2n });
+    // Unset leaves it as it is; the same value changes nothing.
+    expect((await client.updateRepl({ replId: id, idleTimeoutMs: 90_000 })).repl).toMatchObject({
+      keepAwake: false,
+      version: 3n,
+    });
+    expect((await client.updateRepl({ replId: id, keepAwake: false })).repl?.version).toBe(3n);
+    const kept = await client.updateRepl({ replId: id, keepAwake: true });
+    expect(kept.repl).toMatchObject({ keepAwake: true, idleTimeoutMs: 90_000, version: 4n });
+
+    expect(await codeOf(() => h.repls(alice, "read_only").updateRepl({ replId: id, keepAwake: false }))).toBe(
+      Code.PermissionDenied,
+    );
+    expect(await codeOf(() => h.repls(bob).updateRepl({ replId: id, keepAwake: false }))).toBe(Code.NotFound);
+    expect((await client.getRepl({ repl: { case: "replId", value: id } })).repl).toMatchObject({
+      keepAwake: true,
+      version: 4n,
+    });
+  });
 });
 
 describe("StartRepl, StopRepl, GetReplAccess", () => {

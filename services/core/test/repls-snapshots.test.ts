@@ -1,3 +1,6 @@
+import { randomUUID } from "node:crypto";
+import { readdir, stat, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { ReplState, SnapshotReason } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -193,5 +196,39 @@ describe("RestoreSnapshot", () => {
 
     await client.restoreSnapshot({ replId: id, snapshotId: seed?.id ?? "" });
     expect((await client.startRepl({ replId: id })).repl?.state).toBe(ReplState.RUNNING);
+  });
+});
+
+describe("what a crash in the middle of a save leaves", () => {
+  /** The upload a save killed by a crash leaves in the filesystem store: a 5 MB temporary file beside the archives. */
+  const leaveCrashedUpload = async (replId: string, ageMs: number) => {
+    const path = join(h.objectsDir, "repls", replId, "snapshots", `.devex-tmp-${randomUUID()}`);
+    await writeFile(path, Buffer.alloc(5 * 1024 * 1024, 1));
+    const lastWrite = new Date(Date.now() - ageMs);
+    await utimes(path, lastWrite, lastWrite);
+    return path;
+  };
+
+  it("is removed by DeleteRepl, which leaves no empty folders", async () => {
+    const id = await createRepl("crashed");
+    const client = h.repls(alice);
+    await client.startRepl({ replId: id });
+    await client.createSnapshot({ replId: id });
+    await leaveCrashedUpload(id, 0);
+    await client.deleteRepl({ replId: id });
+    await expect(stat(join(h.objectsDir, "repls", id))).rejects.toMatchObject({ code: "ENOENT" });
+    expect(await readdir(join(h.objectsDir, "repls")).catch(() => [])).toEqual([]);
+  });
+
+  it("is removed by pruning once older than the orphan age; an upload as fresh as a save in progress stays", async () => {
+    const id = await createRepl("crashed-pruned");
+    const client = h.repls(alice);
+    await client.startRepl({ replId: id });
+    const stale = await leaveCrashedUpload(id, 2 * 3_600_000);
+    const fresh = await leaveCrashedUpload(id, 0);
+    // Every save prunes.
+    await client.createSnapshot({ replId: id });
+    await expect(stat(stale)).rejects.toMatchObject({ code: "ENOENT" });
+    expect((await stat(fresh)).size).toBe(5 * 1024 * 1024);
   });
 });

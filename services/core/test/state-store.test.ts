@@ -507,7 +507,7 @@ describe("embedded store with a data dir", () => {
 });
 
 /** When a commit was issued, relative to a Redis restart. */
-type Phase = "before" | "down" | "after";
+type Phase = "before" | "down" | "restarting" | "after";
 
 describe("redis store", () => {
   let admin: Redis;
@@ -558,22 +558,32 @@ describe("redis store", () => {
     expect(await store.getMany(["k"])).toEqual([{ value: "2", version: 2 }]);
   });
 
-  it("rides out a restart: resolved commits survive, queued ones complete, pub/sub and ping come back", async () => {
+  it("fails fast through a restart: commits while it is down fail at once, resolved ones survive, pub/sub and ping come back", async () => {
     const store = await openRedis();
     const received: string[] = [];
     await store.subscribe("events", (message) => received.push(message));
     let phase: Phase = "before";
-    const commits: { key: string; phase: Phase; result: Promise<CommitResult> }[] = [];
+    const commits: {
+      key: string;
+      phase: Phase;
+      outcome: Promise<{ result?: CommitResult; error?: unknown; ms: number }>;
+    }[] = [];
     let issuing = true;
     const issuer = (async () => {
       for (let i = 0; issuing; i++) {
         const key = `k${i}`;
-        const result = store.commit({
-          checks: [{ key, version: 0 }],
-          puts: [{ key, value: String(i) }],
-          indexAdds: [{ index: "all", member: key }],
-        });
-        commits.push({ key, phase, result });
+        const issuedAt = Date.now();
+        const outcome = store
+          .commit({
+            checks: [{ key, version: 0 }],
+            puts: [{ key, value: String(i) }],
+            indexAdds: [{ index: "all", member: key }],
+          })
+          .then(
+            (result) => ({ result, ms: Date.now() - issuedAt }),
+            (error: unknown) => ({ error, ms: Date.now() - issuedAt }),
+          );
+        commits.push({ key, phase, outcome });
         await sleep(5);
       }
     })();
@@ -585,22 +595,31 @@ describe("redis store", () => {
       pingWhileDown = await store.ping();
       await sleep(300);
     });
-    phase = "after";
+    phase = "restarting";
     await waitFor(() => store.ping(), 10_000);
-    await sleep(50);
+    phase = "after";
+    await waitFor(() => commits.filter((commit) => commit.phase === "after").length >= 5);
     issuing = false;
     await issuer;
 
     expect(pingWhileDown).toBe(false);
-    expect(commits.filter((commit) => commit.phase === "down").length).toBeGreaterThan(10);
-    expect(commits.filter((commit) => commit.phase === "after").length).toBeGreaterThan(0);
-    // Every commit resolves (none is rejected), and each exactly once: a commit resent after
-    // the connection dropped must not conflict with its own first run.
-    const results = await Promise.all(commits.map((commit) => commit.result));
-    expect(results).toEqual(commits.map((commit) => ({ ok: true, versions: { [commit.key]: 1 } })));
+    const outcomes = await Promise.all(commits.map((commit) => commit.outcome));
+    const inPhase = (wanted: Phase) => outcomes.filter((_, i) => commits[i]?.phase === wanted);
+    // While Redis is down no commit waits for it: each fails at once, saying why.
+    expect(inPhase("down").length).toBeGreaterThan(10);
+    for (const { error, ms } of inPhase("down")) {
+      expect(String(error)).toMatch(/Redis at 127\.0\.0\.1:\d+ is unreachable/);
+      expect(ms).toBeLessThan(1000);
+    }
+    // Once it answers again, commits work; every resolved commit ran exactly once and is stored.
+    for (const { result } of inPhase("after")) expect(result).toMatchObject({ ok: true });
     const stored = await store.getMany(commits.map((commit) => commit.key));
-    expect(stored).toEqual(commits.map((_, i) => ({ value: String(i), version: 1 })));
-    expect(await store.count("all")).toBe(commits.length);
+    outcomes.forEach(({ result }, i) => {
+      if (result) expect(result).toEqual({ ok: true, versions: { [`k${i}`]: 1 } });
+      if (result) expect(stored[i]).toEqual({ value: String(i), version: 1 });
+      if (commits[i]?.phase === "down") expect(stored[i]).toBeUndefined();
+    });
+    expect(await store.count("all")).toBe(stored.filter(Boolean).length);
 
     // The subscriber connection resubscribes on its own schedule: publish until it hears.
     await waitFor(async () => {

@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -109,5 +110,13 @@ describe("syncTemplates and the store catalog", () => {
     expect(error).toBeInstanceOf(TemplateError);
     expect(String(error)).toContain("node/template.json");
     expect(String(error)).toContain("displayName");
+  });
+
+  it("refuses a template whose files hold what an archive cannot, naming it, and stores nothing of it", async () => {
+    execFileSync("mkfifo", [join(templates, "node", "files", "pipe")]);
+    const error = await syncTemplates(templates, store).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(TemplateError);
+    expect(String(error)).toContain('template node: 1 of its entries cannot be archived, such as "pipe" (fifo)');
+    expect(await keys("templates/node/")).toEqual([]);
   });
 });

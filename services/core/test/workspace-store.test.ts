@@ -1,8 +1,13 @@
-import { createHash } from "node:crypto";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { createHash, randomUUID } from "node:crypto";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { ListMultipartUploadsCommand, S3Client } from "@aws-sdk/client-s3";
+import { dirname, join, relative } from "node:path";
+import {
+  CreateMultipartUploadCommand,
+  ListMultipartUploadsCommand,
+  S3Client,
+  UploadPartCommand,
+} from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createFilesystemWorkspaceStore,
@@ -25,6 +30,10 @@ interface Harness {
   store: WorkspaceStore;
   /** Uploads begun and neither completed nor aborted (S3), or temporary files left (filesystem). */
   pendingUploads(): Promise<number>;
+  /** Leaves what a put of `key` killed by a crash after `bytes` leaves: a temporary file, or a multipart upload with a part. */
+  leaveCrashedUpload(key: string, bytes: number): Promise<void>;
+  /** The folders under `prefix` (relative to it, sorted), for a store that has folders (filesystem). */
+  folders?(prefix: string): Promise<string[]>;
   swift?: SwiftServer;
   /** A second store on the same data with a short timeout and no retries (S3). */
   impatient?: WorkspaceStore;
@@ -42,6 +51,19 @@ const drivers: { name: string; start(): Promise<Harness> }[] = [
         async pendingUploads() {
           const entries = await readdir(join(root, "store"), { recursive: true });
           return entries.filter((entry) => entry.split("/").at(-1)?.startsWith(".devex-tmp-")).length;
+        },
+        async leaveCrashedUpload(key, bytes) {
+          const directory = dirname(join(root, "store", key));
+          await mkdir(directory, { recursive: true });
+          await writeFile(join(directory, `.devex-tmp-${randomUUID()}`), Buffer.alloc(bytes, 1));
+        },
+        async folders(prefix) {
+          const base = join(root, "store", prefix);
+          const entries = await readdir(base, { recursive: true, withFileTypes: true }).catch(() => []);
+          return entries
+            .filter((entry) => entry.isDirectory())
+            .map((entry) => relative(base, join(entry.parentPath, entry.name)))
+            .sort();
         },
         async stop() {
           await store.close();
@@ -79,6 +101,12 @@ const drivers: { name: string; start(): Promise<Harness> }[] = [
         async pendingUploads() {
           const uploads = await s3.send(new ListMultipartUploadsCommand({ Bucket: BUCKET }));
           return uploads.Uploads?.length ?? 0;
+        },
+        async leaveCrashedUpload(key, bytes) {
+          const { UploadId } = await s3.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: key }));
+          await s3.send(
+            new UploadPartCommand({ Bucket: BUCKET, Key: key, UploadId, PartNumber: 1, Body: Buffer.alloc(bytes, 1) }),
+          );
         },
         async stop() {
           s3.destroy();
@@ -326,6 +354,30 @@ describe.each(drivers)("the $name workspace store", ({ name, start }) => {
     expect(await store.stat("fail/big")).toBeUndefined();
     expect((await store.list("fail/")).keys).toEqual([]);
     expect(await harness.pendingUploads()).toBe(0);
+  });
+
+  it("removes the uploads a crash left: stale ones on request, all of them with their prefix, and the folders it empties", async () => {
+    await store.put("crash/repl_a/snapshots/kept.json", Buffer.from("{}"));
+    await harness.leaveCrashedUpload("crash/repl_a/snapshots/snap_1.tar.zst", 5 * MIB);
+    await harness.leaveCrashedUpload("crash/repl_ab/snapshots/snap_2.tar.zst", MIB);
+    // A crashed put is invisible to listings; a prefix ending in "/" never takes a neighbour's.
+    expect((await store.list("crash/repl_a/")).keys.map((object) => object.key)).toEqual([
+      "crash/repl_a/snapshots/kept.json",
+    ]);
+    expect(await harness.pendingUploads()).toBe(2);
+    // An upload as fresh as a put in progress stays.
+    expect(await store.abortUploads("crash/repl_a/", { startedBeforeMs: Date.now() - 60_000 })).toBe(0);
+    expect(await harness.pendingUploads()).toBe(2);
+    expect(await store.abortUploads("crash/repl_a/", { startedBeforeMs: Date.now() + 60_000 })).toBe(1);
+    expect(await harness.pendingUploads()).toBe(1);
+    expect((await store.stat("crash/repl_a/snapshots/kept.json"))?.bytes).toBe(2);
+
+    expect(await store.deletePrefix("crash/repl_ab/")).toBe(0);
+    expect(await harness.pendingUploads()).toBe(0);
+    if (harness.folders) expect(await harness.folders("crash/")).toEqual(["repl_a", "repl_a/snapshots"]);
+    await store.delete("crash/repl_a/snapshots/kept.json");
+    if (harness.folders) expect(await harness.folders("")).not.toContain("crash");
+    await expect(store.abortUploads("crash/repl_a")).rejects.toBeInstanceOf(InvalidWorkspaceKeyError);
   });
 
   // Outages only exist for a store behind a network.

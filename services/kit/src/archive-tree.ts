@@ -1,11 +1,11 @@
 import type { Dirent, Stats } from "node:fs";
-import { lstatSync, readdirSync } from "node:fs";
+import { accessSync, constants, lstatSync, readdirSync } from "node:fs";
 import { readFile, realpath, stat } from "node:fs/promises";
 import { resolve, sep } from "node:path";
 import ignore from "ignore";
 
-/** What kind of object a tree entry is; "other" covers sockets, FIFOs and devices. */
-export type EntryKind = "file" | "directory" | "symlink" | "other";
+/** What kind of object a tree entry is: "device" covers block and character devices. */
+export type EntryKind = "file" | "directory" | "symlink" | "fifo" | "socket" | "device";
 
 /** While walking: an entry that vanished before it was stat'ed (never visited). */
 type WalkKind = EntryKind | "gone";
@@ -17,6 +17,11 @@ export interface TreeEntry {
   kind: EntryKind;
   /** The size of a regular file's contents in bytes (0 for other kinds). */
   size: number;
+  /**
+   * A regular file this process may not read, or a directory whose entries it may not list
+   * (the walk then does not go below it): their permissions shut this process's user out.
+   */
+  unreadable: boolean;
 }
 
 /** Options for {@link walkTree}. */
@@ -42,9 +47,10 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 /**
  * Visits everything below `root` (not the root itself): parents before their contents, in
  * byte order of the names within a directory, never following a symlink. Names are read as
- * raw bytes, so names that are not UTF-8 survive. An entry or directory that disappears or
- * cannot be read while the walk runs is skipped (a directory that cannot be listed is still
- * visited itself). `visit` is awaited, so a slow consumer slows the walk down.
+ * raw bytes, so names that are not UTF-8 survive. An entry that disappears while the walk
+ * runs is skipped; one this process may not read is visited marked `unreadable` (a directory
+ * that cannot be listed is visited itself, and nothing below it). A root that cannot be
+ * listed fails the walk. `visit` is awaited, so a slow consumer slows the walk down.
  */
 export async function walkTree(
   root: string,
@@ -54,23 +60,14 @@ export async function walkTree(
   const rootBytes = Buffer.from(root);
   const absolute = (path: Buffer) => joinPath(rootBytes, path);
 
-  const walkDirectory = async (dir: Buffer | undefined): Promise<void> => {
-    await nextTurn();
-    options.signal?.throwIfAborted();
-    let dirents: Dirent<Buffer>[];
-    try {
-      dirents = readdirSync(dir ? absolute(dir) : rootBytes, { withFileTypes: true, encoding: "buffer" });
-    } catch (error) {
-      if (vanishedOrUnreadable(error)) return;
-      throw error;
-    }
+  const walkDirectory = async (dir: Buffer | undefined, dirents: Dirent<Buffer>[]): Promise<void> => {
     dirents.sort((a, b) => Buffer.compare(a.name, b.name));
-    const entries: { path: Buffer; kind: WalkKind; size: number }[] = [];
+    const entries: { path: Buffer; kind: WalkKind; size: number; unreadable: boolean }[] = [];
     for (const dirent of dirents) {
       const path = dir ? joinPath(dir, dirent.name) : dirent.name;
       const kind = kindOf(dirent);
       if (options.excluded?.(kind === "directory" ? `${path.toString()}/` : path.toString())) continue;
-      entries.push({ path, kind, size: 0 });
+      entries.push({ path, kind, size: 0, unreadable: false });
     }
     for (let start = 0; start < entries.length; start += sliceEntries) {
       if (start > 0) await nextTurn();
@@ -79,19 +76,41 @@ export async function walkTree(
       // Regular files are stat'ed for their size; one replaced meanwhile takes its new kind.
       for (const entry of slice) {
         if (entry.kind !== "file") continue;
-        const stat = lstatIfPresent(absolute(entry.path));
+        const path = absolute(entry.path);
+        const stat = lstatIfPresent(path);
+        if (stat === "denied") {
+          entry.unreadable = true;
+          continue;
+        }
         entry.kind = stat ? kindOf(stat) : "gone";
         entry.size = stat && entry.kind === "file" ? stat.size : 0;
+        entry.unreadable = stat !== undefined && entry.kind === "file" && !mayRead(path, stat);
       }
       for (const entry of slice) {
         if (entry.kind === "gone") continue;
-        await visit({ path: entry.path, kind: entry.kind, size: entry.size });
-        if (entry.kind === "directory") await walkDirectory(entry.path);
+        const listing = entry.kind === "directory" ? await listDirectory(absolute(entry.path)) : undefined;
+        const unreadable = entry.unreadable || listing === "denied";
+        await visit({ path: entry.path, kind: entry.kind, size: entry.size, unreadable });
+        if (Array.isArray(listing)) await walkDirectory(entry.path, listing);
       }
     }
   };
 
-  await walkDirectory(undefined);
+  const listDirectory = async (path: Buffer): Promise<Dirent<Buffer>[] | "denied" | undefined> => {
+    await nextTurn();
+    options.signal?.throwIfAborted();
+    try {
+      return readdirSync(path, { withFileTypes: true, encoding: "buffer" });
+    } catch (error) {
+      if (denied(error)) return "denied";
+      if (vanished(error)) return undefined;
+      throw error;
+    }
+  };
+
+  const top = await listDirectory(rootBytes);
+  if (top === "denied") throw new Error(`cannot list ${root}: permission denied`);
+  if (top) await walkDirectory(undefined, top);
 }
 
 /** `parent/name` as bytes (Buffer.concat costs several times more for such small buffers, once per entry). */
@@ -107,21 +126,44 @@ function kindOf(object: Dirent<Buffer> | Stats): EntryKind {
   if (object.isFile()) return "file";
   if (object.isDirectory()) return "directory";
   if (object.isSymbolicLink()) return "symlink";
-  return "other";
+  if (object.isFIFO()) return "fifo";
+  if (object.isSocket()) return "socket";
+  return "device";
 }
 
-function lstatIfPresent(path: Buffer): Stats | undefined {
+/** The entry's status; undefined when it is gone, "denied" when its directory may not be searched. */
+function lstatIfPresent(path: Buffer): Stats | "denied" | undefined {
   try {
     return lstatSync(path);
   } catch (error) {
-    if (vanishedOrUnreadable(error)) return undefined;
+    if (denied(error)) return "denied";
+    if (vanished(error)) return undefined;
     throw error;
   }
 }
 
-function vanishedOrUnreadable(error: unknown): boolean {
+/** Whether this process may read the file: asked only when its mode does not let everyone read it. */
+function mayRead(path: Buffer, stat: Stats): boolean {
+  if ((stat.mode & 0o444) === 0o444) return true;
+  try {
+    accessSync(path, constants.R_OK);
+    return true;
+  } catch (error) {
+    if (denied(error)) return false;
+    // Gone meanwhile: the archive leaves it out without a loss.
+    if (vanished(error)) return true;
+    throw error;
+  }
+}
+
+function vanished(error: unknown): boolean {
   const code = (error as NodeJS.ErrnoException).code;
-  return code === "ENOENT" || code === "ENOTDIR" || code === "EACCES" || code === "EPERM";
+  return code === "ENOENT" || code === "ENOTDIR";
+}
+
+function denied(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === "EACCES" || code === "EPERM";
 }
 
 /**

@@ -4,7 +4,7 @@ import { resolve } from "node:path";
 import { pipeline, type Readable, type Transform, type Writable } from "node:stream";
 import { createGunzip, createGzip, createZstdCompress, createZstdDecompress, constants as zlib } from "node:zlib";
 import { hasZstdProgram, Program } from "./archive-programs.js";
-import { compileIgnoreRules, type TreeEntry, walkTree } from "./archive-tree.js";
+import { compileIgnoreRules, type EntryKind, type TreeEntry, walkTree } from "./archive-tree.js";
 
 export { IgnoreFileError, readIgnoreFile } from "./archive-tree.js";
 
@@ -32,6 +32,34 @@ export interface ArchiveTotals {
   archiveBytes: number;
   /** The SHA-256 of the compressed bytes, as 64 lowercase hex digits. */
   sha256: string;
+}
+
+/**
+ * Why {@link packDirectory} left an entry out: an archive holds no FIFOs, sockets or devices,
+ * and cannot hold what this process may not read.
+ */
+export type SkipReason = "fifo" | "socket" | "device" | "unreadable";
+
+/** An entry {@link packDirectory} left out. */
+export interface SkippedEntry {
+  /** The path relative to the root, "/"-separated (bytes of a name that are not UTF-8 as U+FFFD). */
+  path: string;
+  reason: SkipReason;
+}
+
+/** The entries {@link packDirectory} lists in {@link PackTotals.skipped}, at most. */
+export const maxSkippedEntries = 10;
+
+/** What {@link packDirectory} made: the archive's totals, and what it had to leave out. */
+export interface PackTotals extends ArchiveTotals {
+  /**
+   * The entries left out (see {@link SkipReason}); those the ignore rules leave out are not
+   * counted. For a directory that could not be listed the directory itself is archived, and
+   * what is below it is not.
+   */
+  skippedCount: number;
+  /** The first {@link maxSkippedEntries} of them, in the order of the walk. */
+  skipped: SkippedEntry[];
 }
 
 /** Options for {@link packDirectory}. */
@@ -65,7 +93,7 @@ export interface PackedArchive {
    * exited cleanly; rejects when making the archive failed (and `chunks` then throws) or
    * the reader stopped early.
    */
-  totals: Promise<ArchiveTotals>;
+  totals: Promise<PackTotals>;
 }
 
 /** Options for {@link unpackArchive}. */
@@ -112,14 +140,15 @@ const listBatchBytes = 32 * 1024;
  * Packs the tree below `root` into a tar archive, made by GNU tar and compressed by the
  * `zstd` program (or Node's zlib). The tree is walked here (see walkTree): regular files,
  * directories (empty ones too) and symlinks, stored as links, with their permission bits
- * and modification times; sockets, FIFOs and devices are left out, and so are owners.
- * Paths matched by the ignore rules are left out, with everything below an ignored
- * directory. The list of paths streams into tar while the walk runs. A file that vanishes
- * or cannot be read by the time tar reaches it is left out without failing the archive;
- * the totals count what was listed.
+ * and modification times; owners are left out. Paths matched by the ignore rules are left
+ * out, with everything below an ignored directory. Sockets, FIFOs and devices, files this
+ * process may not read and the contents of directories it may not list are left out too,
+ * and the totals say which ({@link PackTotals.skipped}). The list of paths streams into tar
+ * while the walk runs. A file that vanishes by the time tar reaches it is left out without
+ * failing the archive; the totals count what was listed.
  */
 export function packDirectory(root: string, options: PackOptions): PackedArchive {
-  const totals = Promise.withResolvers<ArchiveTotals>();
+  const totals = Promise.withResolvers<PackTotals>();
   // A caller that reads only the chunks learns of a failure from them.
   totals.promise.catch(() => {});
   return { chunks: packChunks(resolve(root), options, totals), totals: totals.promise };
@@ -128,7 +157,7 @@ export function packDirectory(root: string, options: PackOptions): PackedArchive
 async function* packChunks(
   root: string,
   options: PackOptions,
-  totals: PromiseWithResolvers<ArchiveTotals>,
+  totals: PromiseWithResolvers<PackTotals>,
 ): AsyncGenerator<Uint8Array> {
   const { signal } = options;
   const programs: Program[] = [];
@@ -148,6 +177,8 @@ async function* packChunks(
     const compressor = startCompressor(options.compression, zstdProgram, tar.child.stdout as Readable, programs);
 
     const counts = emptyCounts();
+    const skipped: SkippedEntry[] = [];
+    let skippedCount = 0;
     const list = tar.child.stdin as Writable;
     list.on("error", () => {}); // tar's exit status tells what went wrong
     const listed = (async () => {
@@ -157,7 +188,13 @@ async function* packChunks(
       await walkTree(
         root,
         async (entry) => {
-          if (entry.kind === "other") return;
+          const reason = skipReasonOf(entry);
+          if (reason) {
+            skippedCount++;
+            if (skipped.length < maxSkippedEntries) skipped.push({ path: entry.path.toString(), reason });
+            // A directory that cannot be listed is archived itself, empty.
+            if (entry.kind !== "directory") return;
+          }
           addToCounts(counts, entry);
           batch.push(nul, entry.path);
           batchBytes += entry.path.length + 1;
@@ -197,7 +234,7 @@ async function* packChunks(
     if (tarExit.code !== 0 && tarExit.code !== 1) throw new Error(`cannot pack ${root}: ${tar.describe(tarExit)}`);
     if (compressorFailure) throw new Error(`cannot compress the archive of ${root}: ${compressorFailure}`);
     if (listError) throw listError;
-    totals.resolve({ ...counts, archiveBytes, sha256: hash.digest("hex") });
+    totals.resolve({ ...counts, archiveBytes, sha256: hash.digest("hex"), skippedCount, skipped });
     settled = true;
   } catch (error) {
     // Killed because of the abort: the signal's reason is the cause, not a broken pipe.
@@ -330,7 +367,7 @@ export async function unpackArchive(
     }
     const counts = emptyCounts();
     await walkTree(target, (entry) => {
-      if (entry.kind === "other") {
+      if (!archivedKinds.has(entry.kind)) {
         throw new InvalidArchiveError(
           `the archive holds ${JSON.stringify(entry.path.toString())}, which is not a file, a directory or a symlink`,
         );
@@ -474,6 +511,15 @@ async function* inChunks(source: AsyncIterable<Buffer>, size: number): AsyncGene
     }
   }
   if (held > 0) yield Buffer.concat(parts, held);
+}
+
+/** The kinds of entries an archive holds. */
+const archivedKinds: ReadonlySet<EntryKind> = new Set(["file", "directory", "symlink"]);
+
+/** Why an entry met by the walk must be left out of the archive, if it must. */
+function skipReasonOf(entry: TreeEntry): SkipReason | undefined {
+  if (entry.kind === "fifo" || entry.kind === "socket" || entry.kind === "device") return entry.kind;
+  return entry.unreadable ? "unreadable" : undefined;
 }
 
 type Counts = Omit<ArchiveTotals, "archiveBytes" | "sha256">;

@@ -2,6 +2,7 @@ export * from "./archive.js";
 export * from "./config.js";
 export * from "./cors.js";
 export * from "./endpoints.js";
+export * from "./error-mapping.js";
 export * from "./health.js";
 export * from "./html-page.js";
 export * from "./http2-client.js";

@@ -34,6 +34,12 @@ export type RunnerPhase = "starting" | "ready" | "stopping" | "exited";
 
 /** A runner the orchestrator knows about. */
 export interface RunnerInstance {
+  /**
+   * This runner's identity, new with every start (the local driver's sandbox id, a pod's
+   * uid): a repl's record names the runner it started, so a core that finds another runner
+   * there (a newer start's, or a leftover) never takes one for the other.
+   */
+  id: string;
   replId: string;
   userId: string;
   phase: RunnerPhase;
@@ -47,6 +53,12 @@ export interface RunnerInstance {
   startedAtMs: number;
   /** Why it exited or is not ready, when known. */
   detail?: string;
+}
+
+/** Options for {@link Orchestrator.stop}. */
+export interface StopRunnerOptions {
+  /** Stop the repl's runner only if it is this one ({@link RunnerInstance.id}). */
+  runnerId?: string;
 }
 
 /** The orchestration driver. Every method is idempotent. */
@@ -63,9 +75,10 @@ export interface Orchestrator {
   list(): Promise<RunnerInstance[]>;
   /**
    * Tears the runner down: a graceful RunnerService.Shutdown, then force after `graceMs`.
-   * The caller saves the workspace first. Resolves when it is gone; no runner is fine.
+   * The caller saves the workspace first. Resolves when it is gone; no runner is fine. With
+   * `runnerId`, only that runner: a different one there now (a newer start's) is left alone.
    */
-  stop(replId: string, graceMs: number): Promise<void>;
+  stop(replId: string, graceMs: number, options?: StopRunnerOptions): Promise<void>;
   /** Where a repl's workspace lives for this driver (local: a directory under the data directory). */
   workspacePath(replId: string): string;
   /** Removes the repl's workspace (delete). */

@@ -8,10 +8,18 @@ import {
   ImportWorkspaceRequestSchema,
   RunnerService,
   ShutdownRequestSchema,
+  SkipReason,
 } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "@devex/gen/grpc/health/v1/health_pb.js";
-import { type ArchiveTotals, endpointConnection, signRunnerToken, WideWindowSessionManager } from "@devex/kit";
+import {
+  type ArchiveTotals,
+  endpointConnection,
+  type SkipReason as PackSkipReason,
+  signRunnerToken,
+  WideWindowSessionManager,
+} from "@devex/kit";
 import type { RunnerInstance } from "./orchestrator.js";
+import { runnerGoneInterceptor } from "./runner-gone.js";
 import type { TokenKeys } from "./token-keys.js";
 
 /** What a runner reports about itself (RunnerService.GetStatus), after core checked that it is the right runner. */
@@ -21,6 +29,8 @@ export interface RunnerStatus {
   attachedClients: number;
   sessionCount: number;
   runningProcessCount: number;
+  /** Terminal sessions whose shell is running a command in the foreground right now (0 from a runner too old to report it). */
+  busySessionCount: number;
   /** The last activity (input, output, attach or detach), in ms since the epoch; 0 if none was reported. */
   lastActivityAtMs: number;
   /** Since when the runner has been idle, in ms since the epoch; unset while a client is attached. */
@@ -51,12 +61,34 @@ export interface RunnerExportOptions {
 /** The totals a runner reports at the end of an export (ExportTrailer), or of an import. */
 export type ArchiveReport = ArchiveTotals;
 
+/** An entry of the workspace an export left out, and why ("unknown": a reason newer than this core). */
+export interface SkippedEntry {
+  /** Relative to the workspace root, "/"-separated. */
+  path: string;
+  reason: PackSkipReason | "unknown";
+}
+
+/** What a runner reports at the end of an export: the archive's totals and the entries it left out. */
+export interface ExportReport extends ArchiveReport {
+  /** How many entries the archive left out (ignored paths not counted). */
+  skippedCount: number;
+  /** The first of them (at most 10). */
+  skipped: SkippedEntry[];
+}
+
+const skipReasons: Partial<Record<SkipReason, PackSkipReason>> = {
+  [SkipReason.FIFO]: "fifo",
+  [SkipReason.SOCKET]: "socket",
+  [SkipReason.DEVICE]: "device",
+  [SkipReason.UNREADABLE]: "unreadable",
+};
+
 /** A workspace export in progress: read `chunks` to the end, then `report` holds the runner's totals. */
 export interface RunnerExport {
   /** The zstd-compressed tar archive, in order. Throws if the stream ends without its trailer. */
   chunks: AsyncIterable<Uint8Array>;
   /** Resolves once `chunks` has been read to the end with the trailer; rejects if the export failed. */
-  report: Promise<ArchiveReport>;
+  report: Promise<ExportReport>;
   /** When the runner started the export, in ms since the epoch (known once the first chunk is read). */
   startedAtMs(): number;
 }
@@ -86,6 +118,11 @@ export interface RunnerCaller {
   health(endpoint: string, signal?: AbortSignal): Promise<boolean>;
   /** Drains the runner (RunnerService.Shutdown); resolves when its sessions and processes have ended. */
   shutdown(target: RunnerTarget, options?: RunnerShutdownOptions): Promise<void>;
+  /**
+   * Undoes a drain (RunnerService.Resume) when the save that followed it failed: the runner
+   * takes new work again. Resolves with whether it had been drained.
+   */
+  resume(target: RunnerTarget, reason: string, signal?: AbortSignal): Promise<boolean>;
   /**
    * Streams the workspace out of the runner as a zstd tar archive (RunnerService.ExportWorkspace).
    * Nothing is buffered beyond what the reader has not consumed yet.
@@ -172,7 +209,11 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
       if (replId !== undefined) req.header.set("authorization", `Bearer ${await tokenFor(replId)}`);
       return next(req);
     };
-    return createGrpcTransport({ baseUrl: endpointConnection(endpoint).origin, sessionManager, interceptors: [auth] });
+    return createGrpcTransport({
+      baseUrl: endpointConnection(endpoint).origin,
+      sessionManager,
+      interceptors: [auth, runnerGoneInterceptor],
+    });
   };
 
   return {
@@ -190,6 +231,7 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
         attachedClients: res.attachedClients,
         sessionCount: res.sessionCount,
         runningProcessCount: res.runningProcessCount,
+        busySessionCount: res.busySessionCount,
         lastActivityAtMs: res.lastActivityAt ? timestampMs(res.lastActivityAt) : 0,
         ...(res.idleSince ? { idleSinceMs: timestampMs(res.idleSince) } : {}),
         version: res.version,
@@ -222,11 +264,16 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
       });
       await client.shutdown(request, { signal: shutdownOptions.signal, timeoutMs: graceMs + callTimeoutMs });
     },
+    async resume(target, reason, signal) {
+      const client = createClient(RunnerService, transportFor(target.endpoint, target.replId));
+      const res = await client.resume({ reason }, { signal, timeoutMs: callTimeoutMs });
+      return res.wasDrained;
+    },
     exportWorkspace(target, exportOptions = {}) {
       const client = createClient(RunnerService, transportFor(target.endpoint, target.replId));
       let startedAtMs = 0;
-      let settle!: { resolve(report: ArchiveReport): void; reject(error: unknown): void };
-      const report = new Promise<ArchiveReport>((resolve, reject) => {
+      let settle!: { resolve(report: ExportReport): void; reject(error: unknown): void };
+      const report = new Promise<ExportReport>((resolve, reject) => {
         settle = { resolve, reject };
       });
       report.catch(() => {});
@@ -254,6 +301,11 @@ export function createRunnerCaller(tokenKeys: TokenKeys, options: RunnerCallerOp
                 contentBytes: Number(trailer.contentSizeBytes),
                 archiveBytes: Number(trailer.archiveSizeBytes),
                 sha256: trailer.sha256,
+                skippedCount: Number(trailer.skippedEntryCount),
+                skipped: trailer.skippedEntries.map(({ path, reason }) => ({
+                  path,
+                  reason: skipReasons[reason] ?? "unknown",
+                })),
               });
               return;
             }

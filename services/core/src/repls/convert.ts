@@ -8,6 +8,7 @@ import {
   ReplSchema,
   ReplState,
   ReplStopReason,
+  SkipReason,
   type Snapshot,
   SnapshotReason,
   SnapshotSchema,
@@ -16,6 +17,7 @@ import { PortProtocol } from "@devex/gen/devex/core/v1/template_pb.js";
 import { type Caller, requireCaller } from "../auth/caller.js";
 import { effectiveScope, scopeAllows } from "../auth/scopes.js";
 import type { ReplStateName, StopReason, Versioned } from "../model.js";
+import type { SkippedEntry } from "../orchestrator/runner-client.js";
 import type { SnapshotReasonName, SnapshotRecord } from "../snapshots/model.js";
 import type { TemplateRecord } from "../templates/catalog.js";
 import type { StoredRepl } from "./repository.js";
@@ -77,6 +79,7 @@ export function toRepl(
     ...(record.lastStoppedAtMs === undefined ? {} : { lastStoppedAt: timestampFromMs(record.lastStoppedAtMs) }),
     ...(record.lastActiveAtMs === undefined ? {} : { lastActiveAt: timestampFromMs(record.lastActiveAtMs) }),
     idleTimeoutMs: record.idleTimeoutMs || defaultIdleTimeoutMs,
+    keepAwake: record.keepAwake ?? false,
     currentSnapshotId: record.currentSnapshotId,
     labels: { ...record.labels },
     ports: toReplPorts(templatePorts, record.publicPorts ?? []),
@@ -126,6 +129,14 @@ export function snapshotReasonOfStop(reason: StopReason): StopSnapshotReason {
   return snapshotReasonsOfStop[reason];
 }
 
+const skipReasonToProto: Readonly<Record<SkippedEntry["reason"], SkipReason>> = {
+  fifo: SkipReason.FIFO,
+  socket: SkipReason.SOCKET,
+  device: SkipReason.DEVICE,
+  unreadable: SkipReason.UNREADABLE,
+  unknown: SkipReason.UNSPECIFIED,
+};
+
 /** The API Snapshot of a stored one; `currentSnapshotId` is the repl's pointer. */
 export function toSnapshot(snapshot: SnapshotRecord, currentSnapshotId: string): Snapshot {
   return create(SnapshotSchema, {
@@ -141,6 +152,8 @@ export function toSnapshot(snapshot: SnapshotRecord, currentSnapshotId: string):
     current: snapshot.id === currentSnapshotId,
     description: snapshot.description,
     restoredFromSnapshotId: snapshot.restoredFromSnapshotId,
+    skippedEntryCount: snapshot.skippedCount ?? 0,
+    skippedEntries: (snapshot.skipped ?? []).map(({ path, reason }) => ({ path, reason: skipReasonToProto[reason] })),
   });
 }
 

@@ -51,9 +51,11 @@ export interface IdleMonitor {
 }
 
 /**
- * Creates the idle monitor. A runner with an attached client or a running process counts as
+ * Creates the idle monitor. A runner with an attached client, a running process or a busy
+ * terminal session (its shell running a command in the foreground, client or not) counts as
  * active now; otherwise its reported last activity counts (never later than now). An idle repl
  * is stopped like StopRepl with reason idle: saved first, and left running if the save fails.
+ * A repl kept awake by its owner (keep_awake) is never stopped; its activity is still recorded.
  */
 export function createIdleMonitor(options: IdleMonitorOptions): IdleMonitor {
   const { lifecycle, orchestrator, status, defaultIdleTimeoutMs, logger } = options;
@@ -97,12 +99,12 @@ export function createIdleMonitor(options: IdleMonitorOptions): IdleMonitor {
         failures.delete(id);
         report.checked.push(id);
         const atMs = now();
-        const busy = answer.attachedClients > 0 || answer.runningProcessCount > 0;
+        const busy = answer.attachedClients > 0 || answer.runningProcessCount > 0 || answer.busySessionCount > 0;
         const stored = repl.record.lastActiveAtMs ?? repl.record.lastStartedAtMs ?? 0;
         const lastActivityMs = Math.max(busy ? atMs : Math.min(answer.lastActivityAtMs, atMs), stored);
         if (lastActivityMs - stored >= writeIntervalMs) await repository.recordActivity(id, lastActivityMs);
         const idleTimeoutMs = repl.record.idleTimeoutMs || defaultIdleTimeoutMs;
-        if (atMs - lastActivityMs <= idleTimeoutMs) continue;
+        if (repl.record.keepAwake || atMs - lastActivityMs <= idleTimeoutMs) continue;
         logger?.info({ replId: id, idleMs: atMs - lastActivityMs, idleTimeoutMs }, "stopping an idle repl");
         stops.push(
           lifecycle

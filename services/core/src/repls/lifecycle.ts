@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
+import { failpoint } from "../failpoints.js";
 import type { ReplRecord, ReplStateName, StopReason, Versioned } from "../model.js";
 import {
   defaultRunnerResources,
@@ -52,6 +53,11 @@ export interface ReplLifecycleOptions {
    */
   describeRunner?: (repl: StoredRepl, signal: AbortSignal) => Promise<RunnerSpec>;
   logger?: Logger;
+  /**
+   * This core replica's id (replicas.ts): written as the owner of every transition it commits
+   * and of the runner it starts. Default "" (a single core: no owner is recorded).
+   */
+  coreId?: string;
   /** Reads the time; tests move it. Default `Date.now`. */
   now?: () => number;
 }
@@ -116,6 +122,17 @@ export interface ReplLifecycle {
   /** For the reconciler: a running repl whose runner is gone becomes failed (if still at the version read). */
   markRunnerLost(repl: Versioned<StoredRepl>, detail: string): Promise<boolean>;
   /**
+   * Whether the repl is in a start or stop this process worked on and gave up without recording
+   * its outcome (the store failed): it has no worker left, so a caller waiting for it and the
+   * reconciler take it over at once instead of after the stuck threshold.
+   */
+  abandoned(repl: Versioned<StoredRepl>): boolean;
+  /**
+   * For the reconciler: makes this replica the repl's owner, if the record is still at the
+   * version read (its owner's lease ran out); the claimed record, or undefined if it moved.
+   */
+  claim(repl: Versioned<StoredRepl>): Promise<Versioned<StoredRepl> | undefined>;
+  /**
    * Stops every repl that holds a runner, saving each (core shutting down in local mode, where
    * runners end with core). Failures are logged, not thrown: a repl whose save fails stays running.
    */
@@ -137,7 +154,7 @@ function settled(record: StoredRepl): StoredRepl {
 
 /** The record without the endpoint of a runner it no longer has. */
 function withoutEndpoint(record: StoredRepl): StoredRepl {
-  const { runnerEndpoint: _endpoint, previewEndpoint: _preview, ...rest } = record;
+  const { runnerEndpoint: _endpoint, previewEndpoint: _preview, runnerId: _runner, ...rest } = record;
   return rest;
 }
 
@@ -172,10 +189,18 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
   const { orchestrator, repository, startTimeoutMs, saveWorkspace, restoreWorkspace, removeData, logger } = options;
   const now = options.now ?? Date.now;
   const stopGraceMs = options.stopGraceMs ?? 10_000;
+  /** The owner field every commit of a transition writes. */
+  const owner: Pick<StoredRepl, "ownerCoreId"> = options.coreId ? { ownerCoreId: options.coreId } : {};
   /** Starts in progress in this process, so a force stop can abort them at once. */
   const starts = new Map<string, { transitionId: string; controller: AbortController }>();
   /** Deletions in progress in this process: concurrent deletes share one. */
   const deletions = new Map<string, Promise<void>>();
+  /** Starts and stops this process worked on and ended, by transition id, oldest first (the last 1000). */
+  const ended = new Set<string>();
+  const endTransition = (transitionId: string) => {
+    ended.add(transitionId);
+    if (ended.size > 1000) ended.delete(ended.values().next().value as string);
+  };
 
   const read = async (replId: string, expectedVersion: number | undefined) => {
     const current = await repository.get(replId);
@@ -189,9 +214,9 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
   const deletingError = (replId: string) =>
     new ConnectError(`repl ${replId} is being deleted`, Code.FailedPrecondition);
 
-  const stopRunner = async (replId: string, graceMs: number) => {
+  const stopRunner = async (replId: string, graceMs: number, runnerId?: string) => {
     try {
-      await orchestrator.stop(replId, graceMs);
+      await orchestrator.stop(replId, graceMs, runnerId === undefined ? {} : { runnerId });
     } catch (error) {
       logger?.warn({ err: error, replId }, "could not stop a runner; the reconciler retries");
       throw new ConnectError(
@@ -212,6 +237,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
     let instance: RunnerInstance | undefined;
     try {
       let endpoint: string;
+      let runnerId: string;
       let previewEndpoint: string | undefined;
       try {
         const spec: RunnerSpec = options.describeRunner
@@ -220,8 +246,10 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         instance = await orchestrator.start(spec, controller.signal);
         const ready = await orchestrator.waitReady(replId, startTimeoutMs, controller.signal);
         endpoint = ready.endpoint;
+        runnerId = ready.id;
         previewEndpoint = ready.previewEndpoint || undefined;
         await restoreWorkspace?.(repl.record, { replId, endpoint }, controller.signal);
+        failpoint("start-ready");
       } catch (error) {
         throw await failStart(replId, transitionId, error, instance);
       }
@@ -233,6 +261,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
               state: "running",
               failureReason: "",
               runnerEndpoint: endpoint,
+              runnerId,
               ...(previewEndpoint ? { previewEndpoint } : {}),
               lastStartedAtMs: atMs,
               lastActiveAtMs: atMs,
@@ -248,6 +277,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
       throw await startSuperseded(replId, instance);
     } finally {
       if (starts.get(replId)?.transitionId === transitionId) starts.delete(replId);
+      endTransition(transitionId);
     }
   };
 
@@ -263,7 +293,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
     const damaged = cause instanceof ConnectError && cause.code === Code.DataLoss;
     const reason = damaged ? message(cause) : `runner did not start: ${message(cause)}`;
     logger?.warn({ err: cause, replId }, "repl start failed");
-    await orchestrator.stop(replId, 0).catch((error: unknown) => {
+    await orchestrator.stop(replId, 0, instance ? { runnerId: instance.id } : {}).catch((error: unknown) => {
       logger?.warn({ err: error, replId }, "could not remove a failed runner; the reconciler retries");
     });
     await repository.update(replId, (latest) =>
@@ -290,8 +320,8 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
     const state = current?.record.state ?? "deleted";
     if (instance && state !== "starting" && state !== "running") {
       const runner = await orchestrator.get(replId);
-      if (runner && runner.endpoint === instance.endpoint && runner.startedAtMs === instance.startedAtMs) {
-        await orchestrator.stop(replId, 0).catch((error: unknown) => {
+      if (runner?.id === instance.id) {
+        await orchestrator.stop(replId, 0, { runnerId: instance.id }).catch((error: unknown) => {
           logger?.warn({ err: error, replId }, "could not remove the runner of a superseded start");
         });
       }
@@ -324,7 +354,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         );
       }
     }
-    await stopRunner(replId, stop.graceMs);
+    await stopRunner(replId, stop.graceMs, repl.record.runnerId);
     if (snapshotId !== undefined && restoreWorkspace) {
       // The snapshot holds the workspace now and the next start restores it: the sandbox's copy goes.
       await orchestrator.removeWorkspace(replId).catch((error: unknown) => {
@@ -397,9 +427,20 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
   ): Promise<{ repl: Versioned<StoredRepl>; transitionId: string } | undefined> => {
     const transitionId = randomUUID();
     const result = await repository.update(repl.record.id, (current) =>
-      current.version === repl.version ? { ...change(current.record), transitionId, transitionAtMs: now() } : undefined,
+      current.version === repl.version
+        ? { ...change(current.record), ...owner, transitionId, transitionAtMs: now() }
+        : undefined,
     );
     return result.changed ? { repl: result.repl, transitionId } : undefined;
+  };
+
+  const abandoned = ({ record }: Versioned<StoredRepl>): boolean =>
+    record.transitionId !== undefined && ended.has(record.transitionId);
+
+  /** Waits for the transition `current` is in to end; one given up in this process is taken over instead. */
+  const awaitTransition = async (current: Versioned<StoredRepl>, signal: AbortSignal | undefined): Promise<void> => {
+    if (abandoned(current)) await untilAborted(lifecycle.recoverStuck(current), signal);
+    else await repository.waitForChange(current.record.id, current.version, signal);
   };
 
   const lifecycle: ReplLifecycle = {
@@ -414,7 +455,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         if (state === "deleting") throw deletingError(replId);
         if (state === "starting" || state === "stopping") {
           expected = undefined;
-          await repository.waitForChange(replId, current.version, startOptions.signal);
+          await awaitTransition(current, startOptions.signal);
           continue;
         }
         const transitionId = randomUUID();
@@ -422,7 +463,14 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
           replId,
           (latest) =>
             startable.has(latest.record.state)
-              ? { ...latest.record, state: "starting", failureReason: "", transitionId, transitionAtMs: now() }
+              ? {
+                  ...latest.record,
+                  ...owner,
+                  state: "starting",
+                  failureReason: "",
+                  transitionId,
+                  transitionAtMs: now(),
+                }
               : undefined,
           expected ? { expectedVersion: expected } : {},
         );
@@ -446,7 +494,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         if (state === "deleting") throw deletingError(replId);
         if ((state === "starting" || state === "stopping") && !skipSave) {
           expected = undefined;
-          await repository.waitForChange(replId, current.version, signal);
+          await awaitTransition(current, signal);
           continue;
         }
         const transitionId = randomUUID();
@@ -455,7 +503,14 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
           (latest) => {
             const from = latest.record.state;
             if (from !== "running" && !(skipSave && (from === "starting" || from === "stopping"))) return undefined;
-            return { ...latest.record, state: "stopping", stopReason: reason, transitionId, transitionAtMs: now() };
+            return {
+              ...latest.record,
+              ...owner,
+              state: "stopping",
+              stopReason: reason,
+              transitionId,
+              transitionAtMs: now(),
+            };
           },
           expected ? { expectedVersion: expected } : {},
         );
@@ -466,7 +521,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
           save: !skipSave,
           reason,
           graceMs: skipSave ? 0 : stopGraceMs,
-        });
+        }).finally(() => endTransition(transitionId));
         return untilAborted(work, signal);
       }
     },
@@ -484,7 +539,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         // A start or a stop in progress is owned by its worker: let it finish (the reconciler ends stuck ones).
         if (state === "starting" || state === "stopping") {
           expected = undefined;
-          await repository.waitForChange(replId, current.version, signal);
+          await awaitTransition(current, signal);
           continue;
         }
         if (state !== "deleting") {
@@ -494,7 +549,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
             (latest) =>
               latest.record.state === "starting" || latest.record.state === "stopping"
                 ? undefined
-                : { ...latest.record, state: "deleting", transitionId, transitionAtMs: now() },
+                : { ...latest.record, ...owner, state: "deleting", transitionId, transitionAtMs: now() },
             expected ? { expectedVersion: expected } : {},
           );
           expected = undefined;
@@ -517,7 +572,10 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         if (!owned) return;
         starts.get(replId)?.controller.abort(new Error("start timed out"));
         const ageMs = now() - (repl.record.transitionAtMs ?? repl.record.updatedAtMs);
-        await failStart(replId, owned.transitionId, new Error(`start did not complete within ${ageMs} ms`));
+        const cause = abandoned(repl)
+          ? new Error("the state store failed during the start")
+          : new Error(`start did not complete within ${ageMs} ms`);
+        await failStart(replId, owned.transitionId, cause).finally(() => endTransition(owned.transitionId));
         return;
       }
       if (state === "stopping") {
@@ -525,7 +583,11 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         if (!owned) return;
         const runner = await orchestrator.get(replId);
         const reason = repl.record.stopReason ?? "system";
-        await runStop(owned.repl, owned.transitionId, { save: runner !== undefined, reason, graceMs: stopGraceMs });
+        await runStop(owned.repl, owned.transitionId, {
+          save: runner !== undefined,
+          reason,
+          graceMs: stopGraceMs,
+        }).finally(() => endTransition(owned.transitionId));
       }
     },
 
@@ -542,6 +604,8 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
       await Promise.all(stops);
     },
 
+    abandoned,
+
     async markRunnerLost(repl, detail) {
       const result = await repository.update(repl.record.id, (current) =>
         current.version === repl.version && current.record.state === "running"
@@ -550,9 +614,17 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
       );
       if (result.changed) {
         // The orchestrator may still hold an exited instance; remove it so nothing lingers.
-        await orchestrator.stop(repl.record.id, 0).catch(() => {});
+        const { runnerId } = repl.record;
+        await orchestrator.stop(repl.record.id, 0, runnerId === undefined ? {} : { runnerId }).catch(() => {});
       }
       return result.changed;
+    },
+
+    async claim(repl) {
+      const result = await repository.update(repl.record.id, (current) =>
+        current.version === repl.version ? { ...current.record, ...owner } : undefined,
+      );
+      return result.changed ? result.repl : undefined;
     },
   };
   return lifecycle;

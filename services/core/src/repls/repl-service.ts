@@ -124,6 +124,7 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
         createdAtMs: atMs,
         updatedAtMs: atMs,
         idleTimeoutMs: req.idleTimeoutMs,
+        keepAwake: req.keepAwake,
         currentSnapshotId: "",
         labels: { ...req.labels },
       };
@@ -209,11 +210,13 @@ export function createReplService(options: ReplServiceOptions): ServiceImpl<type
             throw new ConnectError(`a repl has at most ${maxLabels} labels`, Code.InvalidArgument);
           }
           const idleTimeoutMs = req.idleTimeoutMs ?? record.idleTimeoutMs;
+          const keepAwake = req.keepAwake ?? record.keepAwake ?? false;
           const unchanged =
             idleTimeoutMs === record.idleTimeoutMs &&
+            keepAwake === (record.keepAwake ?? false) &&
             Object.keys(labels).length === Object.keys(record.labels).length &&
             Object.entries(labels).every(([key, value]) => record.labels[key] === value);
-          return unchanged ? undefined : { ...record, idleTimeoutMs, labels };
+          return unchanged ? undefined : { ...record, idleTimeoutMs, keepAwake, labels };
         },
         { expectedVersion: Number(req.expectedVersion) },
       );

@@ -21,6 +21,14 @@ export interface StoredRepl extends ReplRecord {
   runnerTimeMs?: number;
   /** How many times the repl became stopped: a stop taken over by another learns that one completed. */
   stopCount?: number;
+  /**
+   * The core replica that owns the repl's runner and its transition in progress: the one that
+   * last started, stopped or deleted it, or claimed it from a replica whose lease ran out (see
+   * replicas.ts). Only the owner's reconciler acts on the repl.
+   */
+  ownerCoreId?: string;
+  /** The runner the repl runs on (the orchestrator's `RunnerInstance.id`), while it holds one. */
+  runnerId?: string;
 }
 
 /** The key of a repl's record; its store version is the API's `Repl.version`. */

@@ -1,4 +1,5 @@
 import type { ArchiveTotals } from "@devex/kit";
+import type { SkippedEntry } from "../orchestrator/runner-client.js";
 
 /**
  * Snapshots: saved copies of a repl's workspace. Each is one zstd tar archive in the
@@ -37,6 +38,13 @@ export interface SnapshotRecord extends ArchiveTotals {
   restoredFromSnapshotId: string;
   /** The workspace-store key of the archive. */
   archiveKey: string;
+  /**
+   * How many entries of the workspace the save left out (FIFOs, sockets, devices, what the
+   * runner could not read); unset on snapshots recorded before these were counted.
+   */
+  skippedCount?: number;
+  /** The first of them (at most 10). */
+  skipped?: SkippedEntry[];
 }
 
 /** The workspace-store prefix of everything a repl stores: deleting the repl deletes it. */

@@ -1,15 +1,11 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
+import { dependencyError } from "../errors.js";
 import { newId } from "../ids.js";
 import type { RunnerCaller, RunnerTarget } from "../orchestrator/runner-client.js";
 import type { StateStore } from "../state/store.js";
 import type { TemplateRecord } from "../templates/catalog.js";
-import {
-  listAll,
-  WorkspaceObjectNotFoundError,
-  type WorkspaceStore,
-  WorkspaceStoreUnavailableError,
-} from "../workspaces/store.js";
+import { listAll, WorkspaceObjectNotFoundError, type WorkspaceStore } from "../workspaces/store.js";
 import {
   replObjectsPrefix,
   type SnapshotReasonName,
@@ -26,14 +22,17 @@ export interface SnapshotsOptions {
   objects: WorkspaceStore;
   /** Where each repl's list of snapshots is kept. */
   state: StateStore;
-  runners: Pick<RunnerCaller, "exportWorkspace" | "importWorkspace" | "shutdown" | "status">;
+  runners: Pick<RunnerCaller, "exportWorkspace" | "importWorkspace" | "resume" | "shutdown" | "status">;
   /** How many snapshots of a repl are kept (the current one always is, on top). */
   retention: number;
   /** The workspace's ignore file, relative to its root (gitignore syntax). Default ".devexignore". */
   ignoreFile?: string;
   /** A save or restore fails when the runner sends nothing for this long, in ms. Default 60000. */
   stallTimeoutMs?: number;
-  /** Archives in a repl's snapshot folder that no snapshot lists are removed once this old, in ms. Default 3600000. */
+  /**
+   * Archives in a repl's snapshot folder that no snapshot lists, and uploads a crash cut short
+   * there, are removed once this old, in ms. Default 3600000.
+   */
   orphanAgeMs?: number;
   logger?: Logger;
   /** Reads the time; tests move it. Default `Date.now`. */
@@ -45,9 +44,11 @@ export interface SaveOptions {
   reason: Exclude<SnapshotReasonName, "template-seed" | "restore">;
   /**
    * Drain the runner first (RunnerService.Shutdown: sessions and processes end), so that the
-   * archive is the workspace's final state. For stops.
+   * archive is the workspace's final state. For stops. The store is checked for writes before
+   * the drain; a save that fails after it resumes the runner (RunnerService.Resume) and calls
+   * `onResumed` (the template's start command runs again), so the repl stays usable.
    */
-  final?: { graceMs: number };
+  final?: { graceMs: number; onResumed?: () => Promise<void> };
   description?: string;
   /** The repl's current snapshot, kept by the pruning that follows the save. */
   currentSnapshotId: string;
@@ -86,9 +87,12 @@ export interface Snapshots {
   copyForRestore(replId: string, snapshotId: string, currentSnapshotId: string): Promise<SnapshotRecord>;
   /** Removes a snapshot that was never made current (a create or restore that did not commit). */
   discard(replId: string, snapshotId: string): Promise<void>;
-  /** Keeps the newest `retention` snapshots and the current one; deletes the rest and old orphans. */
+  /**
+   * Keeps the newest `retention` snapshots and the current one; deletes the rest, old orphans
+   * and old uploads a crash left.
+   */
   prune(replId: string, currentSnapshotId: string): Promise<void>;
-  /** Deletes every object and the list of a repl (repl deletion). */
+  /** Deletes every object, every upload in progress and the list of a repl (repl deletion). */
   deleteAll(replId: string): Promise<void>;
 }
 
@@ -102,6 +106,9 @@ const snapshotReasons: ReadonlySet<string> = new Set<SnapshotReasonName>([
   "restore",
 ]);
 const maxCommitAttempts = 50;
+
+/** How long the write check before a stop's drain may take, in ms. */
+const writeCheckTimeoutMs = 15_000;
 
 /** Creates the snapshot component over the workspace store, the state store and core's runner client. */
 export function createSnapshots(options: SnapshotsOptions): Snapshots {
@@ -194,6 +201,109 @@ export function createSnapshots(options: SnapshotsOptions): Snapshots {
     return stored;
   };
 
+  /** Streams the runner's workspace into the store and records it as a new snapshot. */
+  const archive = async (
+    replId: string,
+    runner: RunnerTarget,
+    runnerVersion: string,
+    saveOptions: SaveOptions,
+  ): Promise<SnapshotRecord> => {
+    const { signal } = saveOptions;
+    const id = newId("snap", now());
+    const archiveKey = snapshotArchiveKey(replId, id);
+    const stall = new AbortController();
+    const abort = signal ? AbortSignal.any([signal, stall.signal]) : stall.signal;
+    const exported = runners.exportWorkspace(runner, { ignoreFile, signal: abort });
+    let stored: { bytes: number; sha256: string };
+    try {
+      stored = await objects.put(archiveKey, stallGuard(exported.chunks, stallTimeoutMs, stall), { signal: abort });
+    } catch (error) {
+      await objects.delete(archiveKey).catch(() => {});
+      throw storageError(`saving the workspace of repl ${replId} failed`, abort.aborted ? abort.reason : error);
+    }
+    const report = await exported.report.catch(async (error: unknown) => {
+      await objects.delete(archiveKey).catch(() => {});
+      throw storageError(`saving the workspace of repl ${replId} failed`, error);
+    });
+    if (report.sha256 !== stored.sha256 || report.archiveBytes !== stored.bytes) {
+      await objects.delete(archiveKey).catch(() => {});
+      throw new ConnectError(
+        `the archive of repl ${replId} arrived damaged (${stored.bytes} bytes, sha256 ${stored.sha256}; ` +
+          `the runner sent ${report.archiveBytes} bytes, sha256 ${report.sha256}); nothing was saved`,
+        Code.DataLoss,
+      );
+    }
+    const saved = await record({
+      id,
+      replId,
+      reason: saveOptions.reason,
+      startedAtMs: exported.startedAtMs() || now(),
+      createdAtMs: now(),
+      fileCount: report.fileCount,
+      directoryCount: report.directoryCount,
+      symlinkCount: report.symlinkCount,
+      contentBytes: report.contentBytes,
+      archiveBytes: stored.bytes,
+      sha256: stored.sha256,
+      runnerVersion,
+      description: saveOptions.description ?? "",
+      restoredFromSnapshotId: "",
+      archiveKey,
+      skippedCount: report.skippedCount,
+      skipped: report.skipped,
+    });
+    await snapshots.prune(replId, saveOptions.currentSnapshotId).catch((error: unknown) => {
+      logger?.warn({ err: error, replId }, "could not prune old snapshots; the next save retries");
+    });
+    return saved;
+  };
+
+  /**
+   * Fails fast, before a stop drains the runner, when the store cannot take a write (down,
+   * frozen, read-only): a small object is written and removed within {@link writeCheckTimeoutMs}.
+   */
+  const checkWritable = async (replId: string, signal: AbortSignal | undefined) => {
+    const timeout = AbortSignal.timeout(writeCheckTimeoutMs);
+    const key = `${replObjectsPrefix(replId)}write-check`;
+    try {
+      await objects.put(key, new Uint8Array(0), { signal: signal ? AbortSignal.any([signal, timeout]) : timeout });
+      await objects.delete(key);
+    } catch (error) {
+      const cause = timeout.aborted ? new Error(`no answer within ${writeCheckTimeoutMs} ms`) : error;
+      throw storageError(`the workspace store cannot take the save of repl ${replId}`, cause);
+    }
+  };
+
+  /**
+   * A save that followed a drain failed: the runner is resumed (new work is accepted again, so
+   * the repl that stays running is usable), `onResumed` runs, and the error says what the drain
+   * ended. A runner that cannot be resumed is left to the reconciler.
+   */
+  const resumeAfterFailedSave = async (
+    replId: string,
+    runner: RunnerTarget,
+    error: unknown,
+    onResumed: (() => Promise<void>) | undefined,
+  ): Promise<unknown> => {
+    try {
+      await runners.resume(runner, "saving the workspace failed; the repl keeps running");
+    } catch (resumeError) {
+      logger?.warn({ err: resumeError, replId }, "could not resume a runner after its save failed");
+      return error;
+    }
+    await onResumed?.().catch((hookError: unknown) => {
+      logger?.warn({ err: hookError, replId }, "a runner resumed, but what runs after a start failed");
+    });
+    if (!(error instanceof ConnectError)) return error;
+    return new ConnectError(
+      `${error.rawMessage} (the stop had already ended its terminals and processes; the runner takes work again)`,
+      error.code,
+      error.metadata,
+      undefined,
+      error,
+    );
+  };
+
   const serialized = async <T>(replId: string, work: () => Promise<T>): Promise<T> => {
     const before = saving.get(replId);
     const mine = (async () => {
@@ -251,58 +361,20 @@ export function createSnapshots(options: SnapshotsOptions): Snapshots {
       return serialized(replId, async () => {
         const { signal } = saveOptions;
         const status = await runners.status(runner, signal);
-        if (saveOptions.final) {
-          await runners.shutdown(runner, {
-            graceMs: saveOptions.final.graceMs,
-            reason: "the repl is stopping; its workspace is being saved",
-            ...(signal ? { signal } : {}),
-          });
-        }
-        const id = newId("snap", now());
-        const archiveKey = snapshotArchiveKey(replId, id);
-        const stall = new AbortController();
-        const abort = signal ? AbortSignal.any([signal, stall.signal]) : stall.signal;
-        const exported = runners.exportWorkspace(runner, { ignoreFile, signal: abort });
-        let stored: { bytes: number; sha256: string };
+        const { final } = saveOptions;
+        if (!final) return archive(replId, runner, status.version, saveOptions);
+        // A store that cannot take the archive is found before the drain ends anything.
+        await checkWritable(replId, signal);
+        await runners.shutdown(runner, {
+          graceMs: final.graceMs,
+          reason: "the repl is stopping; its workspace is being saved",
+          ...(signal ? { signal } : {}),
+        });
         try {
-          stored = await objects.put(archiveKey, stallGuard(exported.chunks, stallTimeoutMs, stall), { signal: abort });
+          return await archive(replId, runner, status.version, saveOptions);
         } catch (error) {
-          await objects.delete(archiveKey).catch(() => {});
-          throw storageError(`saving the workspace of repl ${replId} failed`, abort.aborted ? abort.reason : error);
+          throw await resumeAfterFailedSave(replId, runner, error, final.onResumed);
         }
-        const report = await exported.report.catch(async (error: unknown) => {
-          await objects.delete(archiveKey).catch(() => {});
-          throw storageError(`saving the workspace of repl ${replId} failed`, error);
-        });
-        if (report.sha256 !== stored.sha256 || report.archiveBytes !== stored.bytes) {
-          await objects.delete(archiveKey).catch(() => {});
-          throw new ConnectError(
-            `the archive of repl ${replId} arrived damaged (${stored.bytes} bytes, sha256 ${stored.sha256}; ` +
-              `the runner sent ${report.archiveBytes} bytes, sha256 ${report.sha256}); nothing was saved`,
-            Code.DataLoss,
-          );
-        }
-        const saved = await record({
-          id,
-          replId,
-          reason: saveOptions.reason,
-          startedAtMs: exported.startedAtMs() || now(),
-          createdAtMs: now(),
-          fileCount: report.fileCount,
-          directoryCount: report.directoryCount,
-          symlinkCount: report.symlinkCount,
-          contentBytes: report.contentBytes,
-          archiveBytes: stored.bytes,
-          sha256: stored.sha256,
-          runnerVersion: status.version,
-          description: saveOptions.description ?? "",
-          restoredFromSnapshotId: "",
-          archiveKey,
-        });
-        await snapshots.prune(replId, saveOptions.currentSnapshotId).catch((error: unknown) => {
-          logger?.warn({ err: error, replId }, "could not prune old snapshots; the next save retries");
-        });
-        return saved;
       });
     },
 
@@ -394,6 +466,8 @@ export function createSnapshots(options: SnapshotsOptions): Snapshots {
         const snapshotId = object.key.slice(prefix.length).replace(/\.(tar\.zst|json)$/, "");
         if (!listed.has(snapshotId) && object.modifiedAtMs < cutoffMs) await objects.delete(object.key);
       }
+      // Uploads a crash cut short; a save in progress keeps its own fresh.
+      await objects.abortUploads(replObjectsPrefix(replId), { startedBeforeMs: cutoffMs });
     },
 
     async deleteAll(replId) {
@@ -477,15 +551,9 @@ function storageError(what: string, cause: unknown): ConnectError {
     }
     return new ConnectError(`${what}: ${cause.rawMessage}`, Code.Unavailable, undefined, undefined, cause);
   }
-  if (cause instanceof WorkspaceStoreUnavailableError) {
-    return new ConnectError(
-      `${what}: the workspace store is unavailable (${cause.message})`,
-      Code.Unavailable,
-      undefined,
-      undefined,
-      cause,
-    );
-  }
+  const dependency = dependencyError(cause);
+  if (dependency)
+    return new ConnectError(`${what}: ${dependency.rawMessage}`, dependency.code, undefined, undefined, cause);
   const message = cause instanceof Error ? cause.message : String(cause);
   return new ConnectError(`${what}: ${message}`, Code.Unavailable, undefined, undefined, cause);
 }

@@ -51,7 +51,10 @@ const defaultCompactJournalBytes = 1024 * 1024;
 /**
  * The embedded state store, for `npm start` and one core process. Everything lives in this
  * process's memory; with `dataDir` every commit is also appended to a journal (and fsynced)
- * before it resolves, and the journal is replayed on the next open.
+ * before it resolves, and the journal is replayed on the next open. A commit the journal
+ * refuses (a full disk, a read-only or failing one) is taken back from memory, so memory
+ * never runs ahead of the disk; writes are then refused until {@link StateStore.ping} finds
+ * the journal writable again, while reads go on.
  */
 export async function createEmbeddedStore(options: EmbeddedStoreOptions = {}): Promise<StateStore> {
   const now = options.now ?? Date.now;
@@ -70,6 +73,31 @@ export async function createEmbeddedStore(options: EmbeddedStoreOptions = {}): P
       return undefined;
     }
     return entry;
+  };
+  /** What `record` is about to change, as a function that puts it back (for a commit the journal refused). */
+  const undoOf = (record: JournalRecord): (() => void) => {
+    const seqBefore = seq;
+    const keys = new Set([...(record.deletes ?? []), ...(record.puts ?? []).map((put) => put.key)]);
+    const entriesBefore = [...keys].map((key) => ({ key, entry: entries.get(key) }));
+    const membersBefore = [...(record.indexRemoves ?? []), ...(record.indexAdds ?? [])].map(({ index, member }) => ({
+      index,
+      member,
+      had: indexes.get(index)?.has(member) ?? false,
+    }));
+    return () => {
+      seq = seqBefore;
+      for (const { key, entry } of entriesBefore) {
+        if (entry) entries.set(key, entry);
+        else entries.delete(key);
+      }
+      for (const { index, member, had } of membersBefore) {
+        const set = indexes.get(index) ?? new Set<string>();
+        if (had) set.add(member);
+        else set.delete(member);
+        if (set.size > 0) indexes.set(index, set);
+        else indexes.delete(index);
+      }
+    };
   };
   const apply = (record: JournalRecord) => {
     seq = record.seq;
@@ -97,7 +125,6 @@ export async function createEmbeddedStore(options: EmbeddedStoreOptions = {}): P
 
   const assertOpen = () => {
     if (closed) throw new Error("state store is closed");
-    journal?.assertHealthy();
   };
 
   return {
@@ -116,6 +143,7 @@ export async function createEmbeddedStore(options: EmbeddedStoreOptions = {}): P
     },
     async commit(transaction: Transaction): Promise<CommitResult> {
       assertOpen();
+      journal?.assertWritable();
       for (const check of transaction.checks ?? []) {
         if ((live(check.key)?.version ?? 0) !== check.version) return { ok: false, conflictKey: check.key };
       }
@@ -138,9 +166,10 @@ export async function createEmbeddedStore(options: EmbeddedStoreOptions = {}): P
       };
       const writes = record.deletes || record.puts || record.indexRemoves || record.indexAdds;
       // Applied in memory right away so that the next commit checks against it; resolved only
-      // once durable. The journal keeps the order of application.
+      // once durable. The journal keeps the order of application, and takes back what it refuses.
+      const undo = writes ? undoOf(record) : undefined;
       if (writes) apply(record);
-      await journal?.append(writes ? record : undefined);
+      await journal?.append(writes ? record : undefined, undo);
       return { ok: true, versions };
     },
     async range(index, { after, prefix, limit }: RangeOptions) {
@@ -178,12 +207,7 @@ export async function createEmbeddedStore(options: EmbeddedStoreOptions = {}): P
     },
     async ping() {
       if (closed) return false;
-      try {
-        journal?.assertHealthy();
-        return true;
-      } catch {
-        return false;
-      }
+      return journal ? journal.writable() : true;
     },
     async close() {
       if (closed) return;
@@ -219,24 +243,39 @@ interface JournalOptions {
 }
 
 interface Journal {
-  /** Resolves once the record (and every record before it) is on disk; `undefined` only waits. */
-  append(record: JournalRecord | undefined): Promise<void>;
-  /** Throws when a write failed: memory is then ahead of the disk and the store must stop. */
-  assertHealthy(): void;
+  /**
+   * Resolves once the record (and every record before it) is on disk; `undefined` only waits.
+   * When the write fails, `undo` is called (for this record and every one appended after it,
+   * newest first) before the promise rejects.
+   */
+  append(record: JournalRecord | undefined, undo?: () => void): Promise<void>;
+  /** Throws the failure of the last write until {@link Journal.writable} finds the journal writable again. */
+  assertWritable(): void;
+  /**
+   * Whether the journal takes writes. After a failed write it first tries again: cuts what the
+   * failed write may have left at the end of the journal and writes and syncs a probe file.
+   */
+  writable(): Promise<boolean>;
   close(): Promise<void>;
 }
 
 interface PendingAppend {
   line: string;
+  undo?: () => void;
   resolve(): void;
   reject(error: unknown): void;
 }
+
+/** The size of the probe file a failed journal writes before it takes writes again: room for many records. */
+const probeBytes = 64 * 1024;
 
 /**
  * Opens the journal under `dir`: takes the lock, loads the snapshot, replays the journal
  * (a torn last line from a crash mid-append is cut off), compacts it when large, and returns
  * the appender. Appends are serialized on one FileHandle; those queued while a write is under
- * way share its fsync.
+ * way share its fsync. A failed write fails its batch and everything queued after it; the next
+ * write comes only after {@link Journal.writable} has cut the journal back to its last synced
+ * size, so a torn write never ends up between two good records.
  */
 async function openJournal(dir: string, options: JournalOptions): Promise<Journal> {
   // Sessions and key hashes: no other uid of the machine (a repl's, say) may read them.
@@ -244,13 +283,17 @@ async function openJournal(dir: string, options: JournalOptions): Promise<Journa
   const lockPath = join(dir, "lock");
   const journalPath = join(dir, "journal.jsonl");
   const snapshotPath = join(dir, "snapshot.json");
+  const probePath = join(dir, "write-probe");
   await acquireLock(lockPath);
 
   let handle: FileHandle | undefined;
+  /** The journal's size as last synced: everything before it is whole records. */
+  let syncedBytes = 0;
   try {
     const snapshotSeq = await loadSnapshot(snapshotPath, options.apply);
     const { validBytes, totalBytes } = await replayJournal(journalPath, snapshotSeq, options.apply);
     handle = await open(journalPath, "a");
+    syncedBytes = validBytes;
     if (validBytes < totalBytes) {
       // Cut the torn tail so that the next appends start on a fresh line.
       await handle.truncate(validBytes);
@@ -264,6 +307,7 @@ async function openJournal(dir: string, options: JournalOptions): Promise<Journa
       // A crash before this truncation only leaves records the snapshot's seq already covers.
       await handle.truncate(0);
       await handle.datasync();
+      syncedBytes = 0;
     }
   } catch (error) {
     await handle?.close();
@@ -274,7 +318,11 @@ async function openJournal(dir: string, options: JournalOptions): Promise<Journa
   const file = handle;
   let pending: PendingAppend[] = [];
   let writing: Promise<void> | undefined;
+  /** Why the last write failed; writes are refused until {@link Journal.writable} clears it. */
   let failure: Error | undefined;
+  /** Whether the journal may hold bytes after `syncedBytes` (a write that failed midway). */
+  let torn = false;
+  let recovering: Promise<boolean> | undefined;
 
   const writeLoop = async () => {
     while (pending.length > 0) {
@@ -284,28 +332,64 @@ async function openJournal(dir: string, options: JournalOptions): Promise<Journa
         if (failure) throw failure;
         const text = batch.map((item) => item.line).join("");
         if (text) {
+          torn = true;
           await file.appendFile(text);
           // datasync also persists the file's new size, which is all an append changes.
           await file.datasync();
+          syncedBytes += Buffer.byteLength(text);
+          torn = false;
         }
         for (const item of batch) item.resolve();
       } catch (error) {
-        failure ??= new Error(`state journal ${journalPath} failed; restart core`, { cause: error });
-        for (const item of batch) item.reject(failure);
+        if (error !== failure) {
+          failure = new Error(`the state journal ${journalPath} could not be written: ${errorText(error)}`, {
+            cause: error,
+          });
+        }
+        // Everything queued after the batch was applied on top of it: it goes too, newest first.
+        const refused = [...batch, ...pending];
+        pending = [];
+        for (const item of [...refused].reverse()) item.undo?.();
+        for (const item of refused) item.reject(failure);
       }
     }
     writing = undefined;
   };
 
+  const recover = async (): Promise<boolean> => {
+    await writing;
+    try {
+      if (torn) {
+        await file.truncate(syncedBytes);
+        await file.datasync();
+        torn = false;
+      }
+      await writeDurably(probePath, "\n".repeat(probeBytes));
+      await unlink(probePath);
+      failure = undefined;
+      return true;
+    } catch {
+      await unlink(probePath).catch(() => undefined);
+      return false;
+    }
+  };
+
   return {
-    append(record) {
+    append(record, undo) {
       return new Promise<void>((resolve, reject) => {
-        pending.push({ line: record ? `${JSON.stringify(record)}\n` : "", resolve, reject });
+        pending.push({ line: record ? `${JSON.stringify(record)}\n` : "", ...(undo ? { undo } : {}), resolve, reject });
         writing ??= writeLoop();
       });
     },
-    assertHealthy() {
+    assertWritable() {
       if (failure) throw failure;
+    },
+    async writable() {
+      if (!failure) return true;
+      recovering ??= recover().finally(() => {
+        recovering = undefined;
+      });
+      return recovering;
     },
     async close() {
       await writing;
@@ -435,6 +519,11 @@ async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/** An error's message, which for a system error names the errno (`ENOSPC: no space left on device, write`). */
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 function isErrorCode(error: unknown, code: string): boolean {

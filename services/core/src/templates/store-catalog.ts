@@ -87,6 +87,12 @@ async function uploadArchive(folder: TemplateFolder, store: WorkspaceStore): Pro
   const probe = pack();
   for await (const _chunk of probe.chunks);
   const totals = await probe.totals;
+  if (totals.skippedCount > 0) {
+    const named = totals.skipped.map(({ path, reason }) => `${JSON.stringify(path)} (${reason})`).join(", ");
+    throw new TemplateError(
+      `template ${folder.manifest.name}: ${totals.skippedCount} of its entries cannot be archived, such as ${named}; remove them`,
+    );
+  }
   const key = `${archivesPrefix(folder.manifest.name)}${totals.sha256}.tar.zst`;
   const existing = await store.stat(key);
   if (existing?.bytes !== totals.archiveBytes) {

@@ -1,9 +1,21 @@
 import { createHash, randomUUID } from "node:crypto";
 import type { Dirent } from "node:fs";
-import { access, constants, mkdir, open, readdir, rename, stat, unlink } from "node:fs/promises";
+import {
+  access,
+  constants,
+  type FileHandle,
+  mkdir,
+  open,
+  readdir,
+  rename,
+  rmdir,
+  stat,
+  unlink,
+} from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { BatchedWriter } from "./batched-writer.js";
 import {
+  type AbortUploadsOptions,
   compareWorkspaceKeys,
   type GetOptions,
   InvalidWorkspaceKeyError,
@@ -37,8 +49,10 @@ const MAX_SEGMENT_BYTES = 255;
 /**
  * A workspace store over a local directory, for single-node setups and tests. A put writes a
  * temporary file in the target's directory, fsyncs it and renames it into place, so readers
- * never see a partial object. Empty directories are left behind by deletes. Besides the
- * common key rules, a segment is at most 255 bytes and may not start with `.devex-tmp-`.
+ * never see a partial object; a crash mid-put leaves the temporary file, which
+ * {@link WorkspaceStore.abortUploads} and {@link WorkspaceStore.deletePrefix} remove. Deletes
+ * remove the directories they empty. Besides the common key rules, a segment is at most 255
+ * bytes and may not start with `.devex-tmp-`.
  */
 export async function createFilesystemWorkspaceStore(
   options: FilesystemWorkspaceStoreOptions,
@@ -60,9 +74,8 @@ class FilesystemWorkspaceStore implements WorkspaceStore {
     const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
     signal.throwIfAborted();
     const directory = dirname(path);
-    await mkdir(directory, { recursive: true });
     const temp = join(directory, `${TEMP_PREFIX}${randomUUID()}`);
-    const handle = await open(temp, "wx", 0o644);
+    const handle = await createIn(directory, temp);
     const hash = createHash("sha256");
     let bytes = 0;
     let closed = false;
@@ -136,10 +149,13 @@ class FilesystemWorkspaceStore implements WorkspaceStore {
   async delete(key: string): Promise<void> {
     const path = this.pathOf(key);
     try {
-      if ((await stat(path)).isFile()) await unlink(path);
+      if (!(await stat(path)).isFile()) return;
+      await unlink(path);
     } catch (error) {
       if (!isMissing(error)) throw error;
+      return;
     }
+    await this.removeEmptyDirectories(dirname(path));
   }
 
   async deletePrefix(prefix: string): Promise<number> {
@@ -153,7 +169,14 @@ class FilesystemWorkspaceStore implements WorkspaceStore {
         },
       );
     }
+    await this.sweep(prefix, () => true);
     return deleted;
+  }
+
+  async abortUploads(prefix: string, options: AbortUploadsOptions = {}): Promise<number> {
+    validateWorkspacePrefix(prefix, true);
+    const before = options.startedBeforeMs ?? Number.POSITIVE_INFINITY;
+    return this.sweep(prefix, (lastWriteMs) => lastWriteMs < before);
   }
 
   async ping(): Promise<boolean> {
@@ -166,6 +189,65 @@ class FilesystemWorkspaceStore implements WorkspaceStore {
   }
 
   async close(): Promise<void> {}
+
+  /**
+   * Removes the temporary files under the directory of `prefix` that `stale` picks (by their
+   * last write, in ms since the epoch), then every directory there that is left empty, the
+   * prefix's own and its parents' included (never the root). Returns how many uploads it removed.
+   */
+  private async sweep(prefix: string, stale: (lastWriteMs: number) => boolean): Promise<number> {
+    let removed = 0;
+    const visit = async (directory: string): Promise<void> => {
+      let entries: Dirent[];
+      try {
+        entries = await readdir(directory, { withFileTypes: true });
+      } catch (error) {
+        if (isMissing(error)) return;
+        throw error;
+      }
+      for (const entry of entries) {
+        const path = join(directory, entry.name);
+        if (entry.isDirectory()) {
+          await visit(path);
+        } else if (entry.name.startsWith(TEMP_PREFIX) && entry.isFile()) {
+          const info = await stat(path).catch((error: unknown) => {
+            if (isMissing(error)) return undefined;
+            throw error;
+          });
+          if (!info || !stale(info.mtimeMs)) continue;
+          await unlink(path).then(
+            () => removed++,
+            (error: unknown) => {
+              if (!isMissing(error)) throw error;
+            },
+          );
+        }
+      }
+      await this.removeEmptyDirectory(directory);
+    };
+    const directory = join(this.root, ...prefix.split("/").filter(Boolean));
+    await visit(directory);
+    await this.removeEmptyDirectories(dirname(directory));
+    return removed;
+  }
+
+  /** Removes `directory` if it is empty and not the root; whether it is gone. */
+  private async removeEmptyDirectory(directory: string): Promise<boolean> {
+    if (directory === this.root || !directory.startsWith(`${this.root}/`)) return false;
+    try {
+      await rmdir(directory);
+      return true;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "ENOTEMPTY" || code === "EEXIST" || code === "ENOENT" || code === "ENOTDIR") return false;
+      throw error;
+    }
+  }
+
+  /** Removes `directory` and its parents below the root, as long as each is empty. */
+  private async removeEmptyDirectories(directory: string): Promise<void> {
+    for (let current = directory; await this.removeEmptyDirectory(current); current = dirname(current));
+  }
 
   private pathOf(key: string): string {
     validateWorkspaceKey(key);
@@ -220,6 +302,21 @@ class FilesystemWorkspaceStore implements WorkspaceStore {
       }
     };
     await visit(base);
+  }
+}
+
+/**
+ * Creates the file `path` in `directory`, making the directory first. A delete that empties
+ * the directory may remove it in between: then it is made again.
+ */
+async function createIn(directory: string, path: string): Promise<FileHandle> {
+  for (let attempt = 1; ; attempt++) {
+    await mkdir(directory, { recursive: true });
+    try {
+      return await open(path, "wx", 0o644);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT" || attempt >= 5) throw error;
+    }
   }
 }
 

@@ -10,6 +10,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
@@ -17,6 +18,7 @@ import {
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
 import {
+  type AbortUploadsOptions,
   type GetOptions,
   type ListOptions,
   type ListResult,
@@ -312,6 +314,8 @@ class S3WorkspaceStore implements WorkspaceStore {
   async deletePrefix(prefix: string): Promise<number> {
     this.check(undefined);
     validateWorkspacePrefix(prefix, true);
+    // Uploads first: one that completes before its abort is then deleted as an object.
+    await this.abortUploads(prefix);
     let deleted = 0;
     let ContinuationToken: string | undefined;
     do {
@@ -342,6 +346,38 @@ class S3WorkspaceStore implements WorkspaceStore {
       ContinuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (ContinuationToken);
     return deleted;
+  }
+
+  async abortUploads(prefix: string, options: AbortUploadsOptions = {}): Promise<number> {
+    this.check(undefined);
+    validateWorkspacePrefix(prefix, true);
+    const before = options.startedBeforeMs ?? Number.POSITIVE_INFINITY;
+    let aborted = 0;
+    let KeyMarker: string | undefined;
+    let UploadIdMarker: string | undefined;
+    do {
+      const page = await this.call("list uploads", prefix, (abortSignal) =>
+        this.client.send(
+          new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: prefix, KeyMarker, UploadIdMarker }),
+          { abortSignal },
+        ),
+      );
+      for (const { Key, UploadId, Initiated } of page.Uploads ?? []) {
+        if (Key === undefined || UploadId === undefined || (Initiated?.getTime() ?? 0) >= before) continue;
+        try {
+          await this.call("abort multipart upload", Key, (abortSignal) =>
+            this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), { abortSignal }),
+          );
+          aborted++;
+        } catch (error) {
+          // Completed or aborted meanwhile.
+          if (!isNotFound(error)) throw error;
+        }
+      }
+      KeyMarker = page.IsTruncated ? page.NextKeyMarker : undefined;
+      UploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
+    } while (KeyMarker);
+    return aborted;
   }
 
   async ping(): Promise<boolean> {

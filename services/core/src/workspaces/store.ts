@@ -49,6 +49,17 @@ export interface ListOptions {
   limit?: number;
 }
 
+/** Options for {@link WorkspaceStore.abortUploads}. */
+export interface AbortUploadsOptions {
+  /**
+   * Only uploads begun before this instant, in ms since the epoch; default: every one. The
+   * filesystem driver goes by the last write of the upload's temporary file (a put in progress
+   * keeps it fresh); S3 knows only when an upload began, so this must lie further back than the
+   * longest put takes.
+   */
+  startedBeforeMs?: number;
+}
+
 /** A page of {@link WorkspaceStore.list}. */
 export interface ListResult {
   /** In byte order of the keys (UTF-8). */
@@ -78,8 +89,19 @@ export interface WorkspaceStore {
   list(prefix: string, options?: ListOptions): Promise<ListResult>;
   /** Deletes the object; deleting a missing key is not an error. */
   delete(key: string): Promise<void>;
-  /** Deletes every object under `prefix`, which must end with `/`; returns how many were deleted. */
+  /**
+   * Deletes every object under `prefix`, which must end with `/`, and every upload under it (see
+   * {@link WorkspaceStore.abortUploads}: a put still running there fails); returns how many
+   * objects were deleted.
+   */
   deletePrefix(prefix: string): Promise<number>;
+  /**
+   * Removes the uploads under `prefix` (which must end with `/`) that were begun and never
+   * completed: what a put cut short by a crash leaves behind (a temporary file, an S3 multipart
+   * upload and its parts), which {@link WorkspaceStore.list} does not show. A put still running
+   * whose upload is removed fails. Returns how many were removed.
+   */
+  abortUploads(prefix: string, options?: AbortUploadsOptions): Promise<number>;
   /** Whether the store answers; never throws. */
   ping(): Promise<boolean>;
   /** Releases connections; the store must not be used afterwards. */

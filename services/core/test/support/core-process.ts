@@ -24,11 +24,15 @@ export interface CoreProcess {
   cleanup(): Promise<void>;
 }
 
-/** Starts core from its bundle with a fresh data directory (or `dataDir`), dev login and a dev API key. */
+/**
+ * Starts core from its bundle with a fresh data directory (or `dataDir`), dev login and a dev
+ * API key; `env` is added to its environment (`DEVEX_FAILPOINTS`, say).
+ */
 export async function startCoreProcess(
   extraArgs: string[] = [],
   dataDir?: string,
   nodeOptions: string[] = [],
+  env: Record<string, string> = {},
 ): Promise<CoreProcess> {
   const dir = dataDir ?? (await mkdtemp(join(tmpdir(), "devex-core-test-")));
   const service = await spawnService(
@@ -46,7 +50,7 @@ export async function startCoreProcess(
       "info",
       ...extraArgs,
     ],
-    {},
+    env,
     nodeOptions,
     "ready",
   );

@@ -25,6 +25,17 @@ export interface RedisServer {
   restart(whileDown?: () => Promise<void>): Promise<void>;
 }
 
+/** Options for {@link startRedisServer}. */
+export interface RedisServerOptions {
+  /**
+   * Whether it persists its data (an append-only file fsynced on every write). Default true;
+   * false starts a Redis that keeps everything in memory only, as core refuses by default.
+   */
+  persistence?: boolean;
+  /** More redis-server arguments (`--rename-command CONFIG ""`, say). */
+  args?: string[];
+}
+
 /** Every server still running, killed when the test process exits however it exits. */
 const running = new Set<ChildProcess>();
 process.once("exit", () => {
@@ -33,13 +44,17 @@ process.once("exit", () => {
 
 /**
  * Starts a redis-server (never the system one on 6379) with every write fsynced to an
- * append-only file, and resolves once it answers PING.
+ * append-only file (unless told otherwise), and resolves once it answers PING.
  */
-export async function startRedisServer(): Promise<RedisServer> {
+export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisServer> {
   const dir = await mkdtemp(join(tmpdir(), "devex-redis-"));
   const port = await freePort();
   const output: string[] = [];
-  let child: ChildProcess | undefined = await launch(port, dir, output);
+  const args = [
+    ...(options.persistence === false ? ["--appendonly", "no"] : ["--appendonly", "yes", "--appendfsync", "always"]),
+    ...(options.args ?? []),
+  ];
+  let child: ChildProcess | undefined = await launch(port, dir, args, output);
   const stopProcess = async (signal: NodeJS.Signals) => {
     const current = child;
     child = undefined;
@@ -66,30 +81,15 @@ export async function startRedisServer(): Promise<RedisServer> {
     async restart(whileDown) {
       await stopProcess("SIGTERM");
       await whileDown?.();
-      child = await launch(port, dir, output);
+      child = await launch(port, dir, args, output);
     },
   };
 }
 
-async function launch(port: number, dir: string, output: string[]): Promise<ChildProcess> {
+async function launch(port: number, dir: string, args: string[], output: string[]): Promise<ChildProcess> {
   const child = spawn(
     redisServerBinary,
-    [
-      "--port",
-      String(port),
-      "--bind",
-      "127.0.0.1",
-      "--dir",
-      dir,
-      "--appendonly",
-      "yes",
-      "--appendfsync",
-      "always",
-      "--save",
-      "",
-      "--daemonize",
-      "no",
-    ],
+    ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--daemonize", "no", ...args],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   running.add(child);

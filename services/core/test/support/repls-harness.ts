@@ -7,9 +7,15 @@ import { AdminService } from "@devex/gen/devex/core/v1/admin_pb.js";
 import { ReplService } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { generateKeyPair } from "jose";
 import { callerKey } from "../../src/auth/caller.js";
+import { createDependencyErrorInterceptor } from "../../src/errors.js";
 import { createUserRepository } from "../../src/identity/users.js";
 import type { Scope, StopReason, UserRecord } from "../../src/model.js";
-import type { Orchestrator, RunnerInstance, RunnerSpec } from "../../src/orchestrator/orchestrator.js";
+import type {
+  Orchestrator,
+  RunnerInstance,
+  RunnerSpec,
+  StopRunnerOptions,
+} from "../../src/orchestrator/orchestrator.js";
 import type { RunnerCaller } from "../../src/orchestrator/runner-client.js";
 import { createAdminService } from "../../src/repls/admin-service.js";
 import { snapshotReasonOfStop } from "../../src/repls/convert.js";
@@ -76,6 +82,7 @@ export class FakeOrchestrator implements Orchestrator {
     const existing = this.runners.get(spec.replId);
     if (existing && existing.phase !== "exited") return existing;
     const instance: RunnerInstance = {
+      id: `runner-${this.serial}`,
       replId: spec.replId,
       userId: spec.userId,
       phase: "starting",
@@ -116,10 +123,11 @@ export class FakeOrchestrator implements Orchestrator {
     return [...this.runners.values()];
   }
 
-  async stop(replId: string, _graceMs: number): Promise<void> {
+  async stop(replId: string, _graceMs: number, options: StopRunnerOptions = {}): Promise<void> {
     this.calls.push({ op: "stop", replId });
     // Like a real driver, a stop tears down the runner there when it was asked, not one started meanwhile.
     const instance = this.runners.get(replId);
+    if (options.runnerId !== undefined && instance?.id !== options.runnerId) return;
     const delay = typeof this.stopDelayMs === "function" ? this.stopDelayMs() : this.stopDelayMs;
     if (delay > 0) await sleep(delay);
     else await Promise.resolve();
@@ -146,6 +154,7 @@ export class FakeOrchestrator implements Orchestrator {
   /** A ready runner nobody asked for (left over from before a core restart). */
   plantRunner(replId: string, userId = "usr_orphan"): void {
     this.runners.set(replId, {
+      id: `orphan-${this.serial++}`,
       replId,
       userId,
       phase: "ready",
@@ -164,50 +173,57 @@ export class FakeOrchestrator implements Orchestrator {
  * a correct trailer), an import reads the archive to the end and checks its checksum as a
  * runner does.
  */
-export const fakeRunners: Pick<RunnerCaller, "exportWorkspace" | "importWorkspace" | "shutdown" | "status"> = {
-  exportWorkspace(target) {
-    const body = Buffer.from(`the workspace of ${target.replId} at ${Date.now()}`);
-    const startedAtMs = Date.now();
-    return {
-      chunks: (async function* () {
-        yield body;
-      })(),
-      report: Promise.resolve({
-        fileCount: 1,
-        directoryCount: 1,
-        symlinkCount: 0,
-        contentBytes: body.length,
-        archiveBytes: body.length,
-        sha256: createHash("sha256").update(body).digest("hex"),
-      }),
-      startedAtMs: () => startedAtMs,
-    };
-  },
-  async importWorkspace(_target, archive, options) {
-    const hash = createHash("sha256");
-    let bytes = 0;
-    for await (const chunk of archive) {
-      hash.update(chunk);
-      bytes += chunk.byteLength;
-    }
-    const sha256 = hash.digest("hex");
-    if (sha256 !== options.sha256 || bytes !== options.archiveBytes) {
-      throw new ConnectError("the archive does not match its checksum", Code.DataLoss);
-    }
-    return { fileCount: 1, directoryCount: 1, symlinkCount: 0, contentBytes: bytes, archiveBytes: bytes, sha256 };
-  },
-  async shutdown() {},
-  async status(target) {
-    return {
-      replId: target.replId,
-      attachedClients: 0,
-      sessionCount: 0,
-      runningProcessCount: 0,
-      lastActivityAtMs: 0,
-      version: "0.0.0-harness",
-    };
-  },
-};
+export const fakeRunners: Pick<RunnerCaller, "exportWorkspace" | "importWorkspace" | "resume" | "shutdown" | "status"> =
+  {
+    exportWorkspace(target) {
+      const body = Buffer.from(`the workspace of ${target.replId} at ${Date.now()}`);
+      const startedAtMs = Date.now();
+      return {
+        chunks: (async function* () {
+          yield body;
+        })(),
+        report: Promise.resolve({
+          fileCount: 1,
+          directoryCount: 1,
+          symlinkCount: 0,
+          contentBytes: body.length,
+          archiveBytes: body.length,
+          sha256: createHash("sha256").update(body).digest("hex"),
+          skippedCount: 0,
+          skipped: [],
+        }),
+        startedAtMs: () => startedAtMs,
+      };
+    },
+    async importWorkspace(_target, archive, options) {
+      const hash = createHash("sha256");
+      let bytes = 0;
+      for await (const chunk of archive) {
+        hash.update(chunk);
+        bytes += chunk.byteLength;
+      }
+      const sha256 = hash.digest("hex");
+      if (sha256 !== options.sha256 || bytes !== options.archiveBytes) {
+        throw new ConnectError("the archive does not match its checksum", Code.DataLoss);
+      }
+      return { fileCount: 1, directoryCount: 1, symlinkCount: 0, contentBytes: bytes, archiveBytes: bytes, sha256 };
+    },
+    async shutdown() {},
+    async resume() {
+      return false;
+    },
+    async status(target) {
+      return {
+        replId: target.replId,
+        attachedClients: 0,
+        sessionCount: 0,
+        runningProcessCount: 0,
+        busySessionCount: 0,
+        lastActivityAtMs: 0,
+        version: "0.0.0-harness",
+      };
+    },
+  };
 
 /** Snapshots over a real filesystem workspace store, with a switch to make seeding fail. */
 export type HarnessSnapshots = Snapshots & { failSeed: boolean };
@@ -321,6 +337,8 @@ export interface ReplHarness extends ReplReplica {
   snapshots: HarnessSnapshots;
   /** The workspace store (a temporary folder) holding template archives and snapshots. */
   objects: WorkspaceStore;
+  /** The folder of {@link ReplHarness.objects}. */
+  objectsDir: string;
   save: FakeSave;
   now: () => number;
   /** Another core replica over the same store and orchestrator (no in-process shortcuts shared). */
@@ -416,6 +434,7 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
       createRouterTransport(routes, {
         router: {
           interceptors: [
+            createDependencyErrorInterceptor(),
             (next) => (req) => {
               if (user) {
                 req.contextValues.set(callerKey, {
@@ -445,6 +464,7 @@ export async function createReplHarness(options: ReplHarnessOptions = {}): Promi
     catalog,
     snapshots: harnessSnapshots,
     objects,
+    objectsDir,
     save,
     now,
     replica,

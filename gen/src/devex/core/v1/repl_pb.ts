@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file devex/core/v1/repl.proto.
  */
 export const file_devex_core_v1_repl: GenFile = /*@__PURE__*/
-  fileDesc("ChhkZXZleC9jb3JlL3YxL3JlcGwucHJvdG8SDWRldmV4LmNvcmUudjEikAUKBFJlcGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIVCg1vd25lcl91c2VyX2lkGAMgASgJEhUKDXRlbXBsYXRlX25hbWUYBCABKAkSJwoFc3RhdGUYBSABKA4yGC5kZXZleC5jb3JlLnYxLlJlcGxTdGF0ZRIPCgd2ZXJzaW9uGAYgASgEEhYKDmZhaWx1cmVfcmVhc29uGAcgASgJEjIKC3N0b3BfcmVhc29uGAggASgOMh0uZGV2ZXguY29yZS52MS5SZXBsU3RvcFJlYXNvbhIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfc3RvcHBlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9hY3RpdmVfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2lkbGVfdGltZW91dF9tcxgOIAEoDRIbChNjdXJyZW50X3NuYXBzaG90X2lkGA8gASgJEi8KBmxhYmVscxgQIAMoCzIfLmRldmV4LmNvcmUudjEuUmVwbC5MYWJlbHNFbnRyeRImCgVwb3J0cxgRIAMoCzIXLmRldmV4LmNvcmUudjEuUmVwbFBvcnQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJnCghSZXBsUG9ydBIOCgZudW1iZXIYASABKA0SDAoEbmFtZRgCIAEoCRItCghwcm90b2NvbBgDIAEoDjIbLmRldmV4LmNvcmUudjEuUG9ydFByb3RvY29sEg4KBnB1YmxpYxgEIAEoCCJyCgpSZXBsQWNjZXNzEg8KB3JlcGxfaWQYASABKAkSFAoMZW5kcG9pbnRfdXJsGAIgASgJEg0KBXRva2VuGAMgASgJEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrsCCghTbmFwc2hvdBIKCgJpZBgBIAEoCRIPCgdyZXBsX2lkGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBnJlYXNvbhgEIAEoDjIdLmRldmV4LmNvcmUudjEuU25hcHNob3RSZWFzb24SEgoKZmlsZV9jb3VudBgFIAEoDRISCgpzaXplX2J5dGVzGAYgASgEEhoKEmNvbnRlbnRfc2l6ZV9ieXRlcxgHIAEoBBIOCgZzaGEyNTYYCCABKAkSFgoOcnVubmVyX3ZlcnNpb24YCSABKAkSDwoHY3VycmVudBgKIAEoCBITCgtkZXNjcmlwdGlvbhgLIAEoCRIhChlyZXN0b3JlZF9mcm9tX3NuYXBzaG90X2lkGAwgASgJIj4KD1N0cmVhbUtlZXBhbGl2ZRIrCgdzZW50X2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJOCgtSZXBsRGVsZXRlZBIPCgdyZXBsX2lkGAEgASgJEi4KCmRlbGV0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvgCChFDcmVhdGVSZXBsUmVxdWVzdBI5CgRuYW1lGAEgASgJQiu6SChyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kEkIKDXRlbXBsYXRlX25hbWUYAiABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSKgoPaWRsZV90aW1lb3V0X21zGAMgASgNQhG6SA7YAQEqCRiAuJkpKODUAxKIAQoGbGFiZWxzGAQgAygLMiwuZGV2ZXguY29yZS52MS5DcmVhdGVSZXBsUmVxdWVzdC5MYWJlbHNFbnRyeUJKukhHmgFEEEAiK3IpMideW2EtejAtOV0oW2EtejAtOS5fLy1dezAsNjF9W2EtejAtOV0pPyQqE3IRGIACMgxeW15ccHtDY31dKiQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI3ChJDcmVhdGVSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCKLAQoOR2V0UmVwbFJlcXVlc3QSLQoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSRIABI7CgRuYW1lGAIgASgJQiu6SChyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kSABCDQoEcmVwbBIFukgCCAEiNAoPR2V0UmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwixQIKEExpc3RSZXBsc1JlcXVlc3QSGwoJcGFnZV9zaXplGAEgASgNQgi6SAUqAxjoBxIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiACBI9CgZzdGF0ZXMYAyADKA4yGC5kZXZleC5jb3JlLnYxLlJlcGxTdGF0ZUITukgQkgENEAcYASIHggEEEAEgABKHAQoGbGFiZWxzGAQgAygLMisuZGV2ZXguY29yZS52MS5MaXN0UmVwbHNSZXF1ZXN0LkxhYmVsc0VudHJ5Qkq6SEeaAUQQQCIrcikyJ15bYS16MC05XShbYS16MC05Ll8vLV17MCw2MX1bYS16MC05XSk/JCoTchEYgAIyDF5bXlxwe0NjfV0qJBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlAKEUxpc3RSZXBsc1Jlc3BvbnNlEiIKBXJlcGxzGAEgAygLMhMuZGV2ZXguY29yZS52MS5SZXBsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKVAQoRUmVuYW1lUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSOQoEbmFtZRgCIAEoCUIrukgociYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JBIYChBleHBlY3RlZF92ZXJzaW9uGAMgASgEIjcKElJlbmFtZVJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsIrYEChFVcGRhdGVSZXBsUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIYChBleHBlY3RlZF92ZXJzaW9uGAIgASgEErEBCg9pZGxlX3RpbWVvdXRfbXMYAyABKA1CkgG6SI4BugGKAQoVaWRsZV90aW1lb3V0X21zLnJhbmdlEjxtdXN0IGJlIDAgKHRoZSBzZXJ2ZXIgZGVmYXVsdCkgb3IgYmV0d2VlbiA2MDAwMCBhbmQgODY0MDAwMDAaM3RoaXMgPT0gMHUgfHwgKHRoaXMgPj0gNjAwMDB1ICYmIHRoaXMgPD0gODY0MDAwMDB1KUgAiAEBEo8BCgpzZXRfbGFiZWxzGAQgAygLMi8uZGV2ZXguY29yZS52MS5VcGRhdGVSZXBsUmVxdWVzdC5TZXRMYWJlbHNFbnRyeUJKukhHmgFEEEAiK3IpMideW2EtejAtOV0oW2EtejAtOS5fLy1dezAsNjF9W2EtejAtOV0pPyQqE3IRGIACMgxeW15ccHtDY31dKiQSTgoNcmVtb3ZlX2xhYmVscxgFIAMoCUI3ukg0kgExEEAYASIrcikyJ15bYS16MC05XShbYS16MC05Ll8vLV17MCw2MX1bYS16MC05XSk/JBowCg5TZXRMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQhIKEF9pZGxlX3RpbWVvdXRfbXMiNwoSVXBkYXRlUmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwicQoRRGVsZXRlUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBBIVCg1hbGxvd19taXNzaW5nGAMgASgIIhQKEkRlbGV0ZVJlcGxSZXNwb25zZSJZChBTdGFydFJlcGxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAQiYQoRU3RhcnRSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbBIpCgZhY2Nlc3MYAiABKAsyGS5kZXZleC5jb3JlLnYxLlJlcGxBY2Nlc3MiWAoPU3RvcFJlcGxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAQiYAoQU3RvcFJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsEikKCHNuYXBzaG90GAIgASgLMhcuZGV2ZXguY29yZS52MS5TbmFwc2hvdCJDChRHZXRSZXBsQWNjZXNzUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JCJCChVHZXRSZXBsQWNjZXNzUmVzcG9uc2USKQoGYWNjZXNzGAEgASgLMhkuZGV2ZXguY29yZS52MS5SZXBsQWNjZXNzIl4KFEdldFByZXZpZXdVcmxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhkKBHBvcnQYAiABKA1CC7pICCoGGP//AygBImQKFUdldFByZXZpZXdVcmxSZXNwb25zZRILCgN1cmwYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcHVibGljGAMgASgIIowBChhTZXRQb3J0VmlzaWJpbGl0eVJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGQoEcG9ydBgCIAEoDUILukgIKgYY//8DKAESDgoGcHVibGljGAMgASgIEhgKEGV4cGVjdGVkX3ZlcnNpb24YBCABKAQiPgoZU2V0UG9ydFZpc2liaWxpdHlSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsIm8KEFdhdGNoUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSLgoVa2VlcGFsaXZlX2ludGVydmFsX21zGAIgASgNQg+6SAzYAQEqBxiw6gEo6AcipQEKEVdhdGNoUmVwbFJlc3BvbnNlEiMKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGxIABIzCglrZWVwYWxpdmUYAiABKAsyHi5kZXZleC5jb3JlLnYxLlN0cmVhbUtlZXBhbGl2ZUgAEi0KB2RlbGV0ZWQYAyABKAsyGi5kZXZleC5jb3JlLnYxLlJlcGxEZWxldGVkSABCBwoFZXZlbnQifgoUTGlzdFNuYXBzaG90c1JlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGwoJcGFnZV9zaXplGAIgASgNQgi6SAUqAxjoBxIcCgpwYWdlX3Rva2VuGAMgASgJQgi6SAVyAxiACCJcChVMaXN0U25hcHNob3RzUmVzcG9uc2USKgoJc25hcHNob3RzGAEgAygLMhcuZGV2ZXguY29yZS52MS5TbmFwc2hvdBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiiwEKFUNyZWF0ZVNuYXBzaG90UmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIYChBleHBlY3RlZF92ZXJzaW9uGAIgASgEEisKC2Rlc2NyaXB0aW9uGAMgASgJQha6SBNyERiAAjIMXlteXHB7Q2N9XSokImYKFkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USKQoIc25hcHNob3QYASABKAsyFy5kZXZleC5jb3JlLnYxLlNuYXBzaG90EiEKBHJlcGwYAiABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwikAEKFlJlc3RvcmVTbmFwc2hvdFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSLwoLc25hcHNob3RfaWQYAiABKAlCGrpIF3IVMhNec25hcF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAyABKAQiZwoXUmVzdG9yZVNuYXBzaG90UmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbBIpCghzbmFwc2hvdBgCIAEoCzIXLmRldmV4LmNvcmUudjEuU25hcHNob3Qq0QEKCVJlcGxTdGF0ZRIaChZSRVBMX1NUQVRFX1VOU1BFQ0lGSUVEEAASFgoSUkVQTF9TVEFURV9DUkVBVEVEEAESFwoTUkVQTF9TVEFURV9TVEFSVElORxACEhYKElJFUExfU1RBVEVfUlVOTklORxADEhcKE1JFUExfU1RBVEVfU1RPUFBJTkcQBBIWChJSRVBMX1NUQVRFX1NUT1BQRUQQBRIVChFSRVBMX1NUQVRFX0ZBSUxFRBAGEhcKE1JFUExfU1RBVEVfREVMRVRJTkcQByqhAQoOUmVwbFN0b3BSZWFzb24SIAocUkVQTF9TVE9QX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFVJFUExfU1RPUF9SRUFTT05fVVNFUhABEhkKFVJFUExfU1RPUF9SRUFTT05fSURMRRACEhoKFlJFUExfU1RPUF9SRUFTT05fQURNSU4QAxIbChdSRVBMX1NUT1BfUkVBU09OX1NZU1RFTRAEKocCCg5TbmFwc2hvdFJlYXNvbhIfChtTTkFQU0hPVF9SRUFTT05fVU5TUEVDSUZJRUQQABIYChRTTkFQU0hPVF9SRUFTT05fU1RPUBABEh0KGVNOQVBTSE9UX1JFQVNPTl9JRExFX1NUT1AQAhIaChZTTkFQU0hPVF9SRUFTT05fTUFOVUFMEAMSIQodU05BUFNIT1RfUkVBU09OX1RFTVBMQVRFX1NFRUQQBBIbChdTTkFQU0hPVF9SRUFTT05fUkVTVE9SRRAFEh4KGlNOQVBTSE9UX1JFQVNPTl9BRE1JTl9TVE9QEAYSHwobU05BUFNIT1RfUkVBU09OX1NZU1RFTV9TVE9QEAcy0QoKC1JlcGxTZXJ2aWNlElEKCkNyZWF0ZVJlcGwSIC5kZXZleC5jb3JlLnYxLkNyZWF0ZVJlcGxSZXF1ZXN0GiEuZGV2ZXguY29yZS52MS5DcmVhdGVSZXBsUmVzcG9uc2USTQoHR2V0UmVwbBIdLmRldmV4LmNvcmUudjEuR2V0UmVwbFJlcXVlc3QaHi5kZXZleC5jb3JlLnYxLkdldFJlcGxSZXNwb25zZSIDkAIBElMKCUxpc3RSZXBscxIfLmRldmV4LmNvcmUudjEuTGlzdFJlcGxzUmVxdWVzdBogLmRldmV4LmNvcmUudjEuTGlzdFJlcGxzUmVzcG9uc2UiA5ACARJWCgpSZW5hbWVSZXBsEiAuZGV2ZXguY29yZS52MS5SZW5hbWVSZXBsUmVxdWVzdBohLmRldmV4LmNvcmUudjEuUmVuYW1lUmVwbFJlc3BvbnNlIgOQAgISVgoKVXBkYXRlUmVwbBIgLmRldmV4LmNvcmUudjEuVXBkYXRlUmVwbFJlcXVlc3QaIS5kZXZleC5jb3JlLnYxLlVwZGF0ZVJlcGxSZXNwb25zZSIDkAICElYKCkRlbGV0ZVJlcGwSIC5kZXZleC5jb3JlLnYxLkRlbGV0ZVJlcGxSZXF1ZXN0GiEuZGV2ZXguY29yZS52MS5EZWxldGVSZXBsUmVzcG9uc2UiA5ACAhJTCglTdGFydFJlcGwSHy5kZXZleC5jb3JlLnYxLlN0YXJ0UmVwbFJlcXVlc3QaIC5kZXZleC5jb3JlLnYxLlN0YXJ0UmVwbFJlc3BvbnNlIgOQAgISUAoIU3RvcFJlcGwSHi5kZXZleC5jb3JlLnYxLlN0b3BSZXBsUmVxdWVzdBofLmRldmV4LmNvcmUudjEuU3RvcFJlcGxSZXNwb25zZSIDkAICEloKDUdldFJlcGxBY2Nlc3MSIy5kZXZleC5jb3JlLnYxLkdldFJlcGxBY2Nlc3NSZXF1ZXN0GiQuZGV2ZXguY29yZS52MS5HZXRSZXBsQWNjZXNzUmVzcG9uc2USVQoJV2F0Y2hSZXBsEh8uZGV2ZXguY29yZS52MS5XYXRjaFJlcGxSZXF1ZXN0GiAuZGV2ZXguY29yZS52MS5XYXRjaFJlcGxSZXNwb25zZSIDkAIBMAESXwoNTGlzdFNuYXBzaG90cxIjLmRldmV4LmNvcmUudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaJC5kZXZleC5jb3JlLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZSIDkAIBEl0KDkNyZWF0ZVNuYXBzaG90EiQuZGV2ZXguY29yZS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJS5kZXZleC5jb3JlLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZGV2ZXguY29yZS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZGV2ZXguY29yZS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJaCg1HZXRQcmV2aWV3VXJsEiMuZGV2ZXguY29yZS52MS5HZXRQcmV2aWV3VXJsUmVxdWVzdBokLmRldmV4LmNvcmUudjEuR2V0UHJldmlld1VybFJlc3BvbnNlEmsKEVNldFBvcnRWaXNpYmlsaXR5EicuZGV2ZXguY29yZS52MS5TZXRQb3J0VmlzaWJpbGl0eVJlcXVlc3QaKC5kZXZleC5jb3JlLnYxLlNldFBvcnRWaXNpYmlsaXR5UmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_buf_validate_validate, file_devex_core_v1_template, file_google_protobuf_timestamp]);
+  fileDesc("ChhkZXZleC9jb3JlL3YxL3JlcGwucHJvdG8SDWRldmV4LmNvcmUudjEipAUKBFJlcGwSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIVCg1vd25lcl91c2VyX2lkGAMgASgJEhUKDXRlbXBsYXRlX25hbWUYBCABKAkSJwoFc3RhdGUYBSABKA4yGC5kZXZleC5jb3JlLnYxLlJlcGxTdGF0ZRIPCgd2ZXJzaW9uGAYgASgEEhYKDmZhaWx1cmVfcmVhc29uGAcgASgJEjIKC3N0b3BfcmVhc29uGAggASgOMh0uZGV2ZXguY29yZS52MS5SZXBsU3RvcFJlYXNvbhIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2xhc3Rfc3RvcHBlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF9hY3RpdmVfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2lkbGVfdGltZW91dF9tcxgOIAEoDRIbChNjdXJyZW50X3NuYXBzaG90X2lkGA8gASgJEi8KBmxhYmVscxgQIAMoCzIfLmRldmV4LmNvcmUudjEuUmVwbC5MYWJlbHNFbnRyeRImCgVwb3J0cxgRIAMoCzIXLmRldmV4LmNvcmUudjEuUmVwbFBvcnQSEgoKa2VlcF9hd2FrZRgSIAEoCBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImcKCFJlcGxQb3J0Eg4KBm51bWJlchgBIAEoDRIMCgRuYW1lGAIgASgJEi0KCHByb3RvY29sGAMgASgOMhsuZGV2ZXguY29yZS52MS5Qb3J0UHJvdG9jb2wSDgoGcHVibGljGAQgASgIInIKClJlcGxBY2Nlc3MSDwoHcmVwbF9pZBgBIAEoCRIUCgxlbmRwb2ludF91cmwYAiABKAkSDQoFdG9rZW4YAyABKAkSLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAijgMKCFNuYXBzaG90EgoKAmlkGAEgASgJEg8KB3JlcGxfaWQYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoGcmVhc29uGAQgASgOMh0uZGV2ZXguY29yZS52MS5TbmFwc2hvdFJlYXNvbhISCgpmaWxlX2NvdW50GAUgASgNEhIKCnNpemVfYnl0ZXMYBiABKAQSGgoSY29udGVudF9zaXplX2J5dGVzGAcgASgEEg4KBnNoYTI1NhgIIAEoCRIWCg5ydW5uZXJfdmVyc2lvbhgJIAEoCRIPCgdjdXJyZW50GAogASgIEhMKC2Rlc2NyaXB0aW9uGAsgASgJEiEKGXJlc3RvcmVkX2Zyb21fc25hcHNob3RfaWQYDCABKAkSGwoTc2tpcHBlZF9lbnRyeV9jb3VudBgNIAEoDRI0Cg9za2lwcGVkX2VudHJpZXMYDiADKAsyGy5kZXZleC5jb3JlLnYxLlNraXBwZWRFbnRyeSJHCgxTa2lwcGVkRW50cnkSDAoEcGF0aBgBIAEoCRIpCgZyZWFzb24YAiABKA4yGS5kZXZleC5jb3JlLnYxLlNraXBSZWFzb24iPgoPU3RyZWFtS2VlcGFsaXZlEisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIk4KC1JlcGxEZWxldGVkEg8KB3JlcGxfaWQYASABKAkSLgoKZGVsZXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAijAMKEUNyZWF0ZVJlcGxSZXF1ZXN0EjkKBG5hbWUYASABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSQgoNdGVtcGxhdGVfbmFtZRgCIAEoCUIrukgociYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JBIqCg9pZGxlX3RpbWVvdXRfbXMYAyABKA1CEbpIDtgBASoJGIC4mSko4NQDEogBCgZsYWJlbHMYBCADKAsyLC5kZXZleC5jb3JlLnYxLkNyZWF0ZVJlcGxSZXF1ZXN0LkxhYmVsc0VudHJ5Qkq6SEeaAUQQQCIrcikyJ15bYS16MC05XShbYS16MC05Ll8vLV17MCw2MX1bYS16MC05XSk/JCoTchEYgAIyDF5bXlxwe0NjfV0qJBISCgprZWVwX2F3YWtlGAUgASgIGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoSQ3JlYXRlUmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwiiwEKDkdldFJlcGxSZXF1ZXN0Ei0KB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kSAASOwoEbmFtZRgCIAEoCUIrukgociYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JEgAQg0KBHJlcGwSBbpIAggBIjQKD0dldFJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsIsUCChBMaXN0UmVwbHNSZXF1ZXN0EhsKCXBhZ2Vfc2l6ZRgBIAEoDUIIukgFKgMY6AcSHAoKcGFnZV90b2tlbhgCIAEoCUIIukgFcgMYgAgSPQoGc3RhdGVzGAMgAygOMhguZGV2ZXguY29yZS52MS5SZXBsU3RhdGVCE7pIEJIBDRAHGAEiB4IBBBABIAAShwEKBmxhYmVscxgEIAMoCzIrLmRldmV4LmNvcmUudjEuTGlzdFJlcGxzUmVxdWVzdC5MYWJlbHNFbnRyeUJKukhHmgFEEEAiK3IpMideW2EtejAtOV0oW2EtejAtOS5fLy1dezAsNjF9W2EtejAtOV0pPyQqE3IRGIACMgxeW15ccHtDY31dKiQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJQChFMaXN0UmVwbHNSZXNwb25zZRIiCgVyZXBscxgBIAMoCzITLmRldmV4LmNvcmUudjEuUmVwbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkilQEKEVJlbmFtZVJlcGxSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEjkKBG5hbWUYAiABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBCI3ChJSZW5hbWVSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCLeBAoRVXBkYXRlUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBBKxAQoPaWRsZV90aW1lb3V0X21zGAMgASgNQpIBukiOAboBigEKFWlkbGVfdGltZW91dF9tcy5yYW5nZRI8bXVzdCBiZSAwICh0aGUgc2VydmVyIGRlZmF1bHQpIG9yIGJldHdlZW4gNjAwMDAgYW5kIDg2NDAwMDAwGjN0aGlzID09IDB1IHx8ICh0aGlzID49IDYwMDAwdSAmJiB0aGlzIDw9IDg2NDAwMDAwdSlIAIgBARKPAQoKc2V0X2xhYmVscxgEIAMoCzIvLmRldmV4LmNvcmUudjEuVXBkYXRlUmVwbFJlcXVlc3QuU2V0TGFiZWxzRW50cnlCSrpIR5oBRBBAIityKTInXlthLXowLTldKFthLXowLTkuXy8tXXswLDYxfVthLXowLTldKT8kKhNyERiAAjIMXlteXHB7Q2N9XSokEk4KDXJlbW92ZV9sYWJlbHMYBSADKAlCN7pINJIBMRBAGAEiK3IpMideW2EtejAtOV0oW2EtejAtOS5fLy1dezAsNjF9W2EtejAtOV0pPyQSFwoKa2VlcF9hd2FrZRgGIAEoCEgBiAEBGjAKDlNldExhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCEgoQX2lkbGVfdGltZW91dF9tc0INCgtfa2VlcF9hd2FrZSI3ChJVcGRhdGVSZXBsUmVzcG9uc2USIQoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCJxChFEZWxldGVSZXBsUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIYChBleHBlY3RlZF92ZXJzaW9uGAIgASgEEhUKDWFsbG93X21pc3NpbmcYAyABKAgiFAoSRGVsZXRlUmVwbFJlc3BvbnNlIlkKEFN0YXJ0UmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBCJhChFTdGFydFJlcGxSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsEikKBmFjY2VzcxgCIAEoCzIZLmRldmV4LmNvcmUudjEuUmVwbEFjY2VzcyJYCg9TdG9wUmVwbFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoBCJgChBTdG9wUmVwbFJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwSKQoIc25hcHNob3QYAiABKAsyFy5kZXZleC5jb3JlLnYxLlNuYXBzaG90IkMKFEdldFJlcGxBY2Nlc3NSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kIkIKFUdldFJlcGxBY2Nlc3NSZXNwb25zZRIpCgZhY2Nlc3MYASABKAsyGS5kZXZleC5jb3JlLnYxLlJlcGxBY2Nlc3MiXgoUR2V0UHJldmlld1VybFJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQSGQoEcG9ydBgCIAEoDUILukgIKgYY//8DKAEiZAoVR2V0UHJldmlld1VybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZwdWJsaWMYAyABKAgijAEKGFNldFBvcnRWaXNpYmlsaXR5UmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIZCgRwb3J0GAIgASgNQgu6SAgqBhj//wMoARIOCgZwdWJsaWMYAyABKAgSGAoQZXhwZWN0ZWRfdmVyc2lvbhgEIAEoBCI+ChlTZXRQb3J0VmlzaWJpbGl0eVJlc3BvbnNlEiEKBHJlcGwYASABKAsyEy5kZXZleC5jb3JlLnYxLlJlcGwibwoQV2F0Y2hSZXBsUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIuChVrZWVwYWxpdmVfaW50ZXJ2YWxfbXMYAiABKA1CD7pIDNgBASoHGLDqASjoByKlAQoRV2F0Y2hSZXBsUmVzcG9uc2USIwoEcmVwbBgBIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbEgAEjMKCWtlZXBhbGl2ZRgCIAEoCzIeLmRldmV4LmNvcmUudjEuU3RyZWFtS2VlcGFsaXZlSAASLQoHZGVsZXRlZBgDIAEoCzIaLmRldmV4LmNvcmUudjEuUmVwbERlbGV0ZWRIAEIHCgVldmVudCJ+ChRMaXN0U25hcHNob3RzUmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIbCglwYWdlX3NpemUYAiABKA1CCLpIBSoDGOgHEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAIIlwKFUxpc3RTbmFwc2hvdHNSZXNwb25zZRIqCglzbmFwc2hvdHMYASADKAsyFy5kZXZleC5jb3JlLnYxLlNuYXBzaG90EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKLAQoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kEhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAQSKwoLZGVzY3JpcHRpb24YAyABKAlCFrpIE3IRGIACMgxeW15ccHtDY31dKiQiZgoWQ3JlYXRlU25hcHNob3RSZXNwb25zZRIpCghzbmFwc2hvdBgBIAEoCzIXLmRldmV4LmNvcmUudjEuU25hcHNob3QSIQoEcmVwbBgCIAEoCzITLmRldmV4LmNvcmUudjEuUmVwbCKQAQoWUmVzdG9yZVNuYXBzaG90UmVxdWVzdBIrCgdyZXBsX2lkGAEgASgJQhq6SBdyFTITXnJlcGxfWzAtOWEtel17MjZ9JBIvCgtzbmFwc2hvdF9pZBgCIAEoCUIaukgXchUyE15zbmFwX1swLTlhLXpdezI2fSQSGAoQZXhwZWN0ZWRfdmVyc2lvbhgDIAEoBCJnChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRIhCgRyZXBsGAEgASgLMhMuZGV2ZXguY29yZS52MS5SZXBsEikKCHNuYXBzaG90GAIgASgLMhcuZGV2ZXguY29yZS52MS5TbmFwc2hvdCrRAQoJUmVwbFN0YXRlEhoKFlJFUExfU1RBVEVfVU5TUEVDSUZJRUQQABIWChJSRVBMX1NUQVRFX0NSRUFURUQQARIXChNSRVBMX1NUQVRFX1NUQVJUSU5HEAISFgoSUkVQTF9TVEFURV9SVU5OSU5HEAMSFwoTUkVQTF9TVEFURV9TVE9QUElORxAEEhYKElJFUExfU1RBVEVfU1RPUFBFRBAFEhUKEVJFUExfU1RBVEVfRkFJTEVEEAYSFwoTUkVQTF9TVEFURV9ERUxFVElORxAHKqEBCg5SZXBsU3RvcFJlYXNvbhIgChxSRVBMX1NUT1BfUkVBU09OX1VOU1BFQ0lGSUVEEAASGQoVUkVQTF9TVE9QX1JFQVNPTl9VU0VSEAESGQoVUkVQTF9TVE9QX1JFQVNPTl9JRExFEAISGgoWUkVQTF9TVE9QX1JFQVNPTl9BRE1JThADEhsKF1JFUExfU1RPUF9SRUFTT05fU1lTVEVNEAQqhwIKDlNuYXBzaG90UmVhc29uEh8KG1NOQVBTSE9UX1JFQVNPTl9VTlNQRUNJRklFRBAAEhgKFFNOQVBTSE9UX1JFQVNPTl9TVE9QEAESHQoZU05BUFNIT1RfUkVBU09OX0lETEVfU1RPUBACEhoKFlNOQVBTSE9UX1JFQVNPTl9NQU5VQUwQAxIhCh1TTkFQU0hPVF9SRUFTT05fVEVNUExBVEVfU0VFRBAEEhsKF1NOQVBTSE9UX1JFQVNPTl9SRVNUT1JFEAUSHgoaU05BUFNIT1RfUkVBU09OX0FETUlOX1NUT1AQBhIfChtTTkFQU0hPVF9SRUFTT05fU1lTVEVNX1NUT1AQByqLAQoKU2tpcFJlYXNvbhIbChdTS0lQX1JFQVNPTl9VTlNQRUNJRklFRBAAEhQKEFNLSVBfUkVBU09OX0ZJRk8QARIWChJTS0lQX1JFQVNPTl9TT0NLRVQQAhIWChJTS0lQX1JFQVNPTl9ERVZJQ0UQAxIaChZTS0lQX1JFQVNPTl9VTlJFQURBQkxFEAQy0QoKC1JlcGxTZXJ2aWNlElEKCkNyZWF0ZVJlcGwSIC5kZXZleC5jb3JlLnYxLkNyZWF0ZVJlcGxSZXF1ZXN0GiEuZGV2ZXguY29yZS52MS5DcmVhdGVSZXBsUmVzcG9uc2USTQoHR2V0UmVwbBIdLmRldmV4LmNvcmUudjEuR2V0UmVwbFJlcXVlc3QaHi5kZXZleC5jb3JlLnYxLkdldFJlcGxSZXNwb25zZSIDkAIBElMKCUxpc3RSZXBscxIfLmRldmV4LmNvcmUudjEuTGlzdFJlcGxzUmVxdWVzdBogLmRldmV4LmNvcmUudjEuTGlzdFJlcGxzUmVzcG9uc2UiA5ACARJWCgpSZW5hbWVSZXBsEiAuZGV2ZXguY29yZS52MS5SZW5hbWVSZXBsUmVxdWVzdBohLmRldmV4LmNvcmUudjEuUmVuYW1lUmVwbFJlc3BvbnNlIgOQAgISVgoKVXBkYXRlUmVwbBIgLmRldmV4LmNvcmUudjEuVXBkYXRlUmVwbFJlcXVlc3QaIS5kZXZleC5jb3JlLnYxLlVwZGF0ZVJlcGxSZXNwb25zZSIDkAICElYKCkRlbGV0ZVJlcGwSIC5kZXZleC5jb3JlLnYxLkRlbGV0ZVJlcGxSZXF1ZXN0GiEuZGV2ZXguY29yZS52MS5EZWxldGVSZXBsUmVzcG9uc2UiA5ACAhJTCglTdGFydFJlcGwSHy5kZXZleC5jb3JlLnYxLlN0YXJ0UmVwbFJlcXVlc3QaIC5kZXZleC5jb3JlLnYxLlN0YXJ0UmVwbFJlc3BvbnNlIgOQAgISUAoIU3RvcFJlcGwSHi5kZXZleC5jb3JlLnYxLlN0b3BSZXBsUmVxdWVzdBofLmRldmV4LmNvcmUudjEuU3RvcFJlcGxSZXNwb25zZSIDkAICEloKDUdldFJlcGxBY2Nlc3MSIy5kZXZleC5jb3JlLnYxLkdldFJlcGxBY2Nlc3NSZXF1ZXN0GiQuZGV2ZXguY29yZS52MS5HZXRSZXBsQWNjZXNzUmVzcG9uc2USVQoJV2F0Y2hSZXBsEh8uZGV2ZXguY29yZS52MS5XYXRjaFJlcGxSZXF1ZXN0GiAuZGV2ZXguY29yZS52MS5XYXRjaFJlcGxSZXNwb25zZSIDkAIBMAESXwoNTGlzdFNuYXBzaG90cxIjLmRldmV4LmNvcmUudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaJC5kZXZleC5jb3JlLnYxLkxpc3RTbmFwc2hvdHNSZXNwb25zZSIDkAIBEl0KDkNyZWF0ZVNuYXBzaG90EiQuZGV2ZXguY29yZS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QaJS5kZXZleC5jb3JlLnYxLkNyZWF0ZVNuYXBzaG90UmVzcG9uc2USYAoPUmVzdG9yZVNuYXBzaG90EiUuZGV2ZXguY29yZS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GiYuZGV2ZXguY29yZS52MS5SZXN0b3JlU25hcHNob3RSZXNwb25zZRJaCg1HZXRQcmV2aWV3VXJsEiMuZGV2ZXguY29yZS52MS5HZXRQcmV2aWV3VXJsUmVxdWVzdBokLmRldmV4LmNvcmUudjEuR2V0UHJldmlld1VybFJlc3BvbnNlEmsKEVNldFBvcnRWaXNpYmlsaXR5EicuZGV2ZXguY29yZS52MS5TZXRQb3J0VmlzaWJpbGl0eVJlcXVlc3QaKC5kZXZleC5jb3JlLnYxLlNldFBvcnRWaXNpYmlsaXR5UmVzcG9uc2UiA5ACAmIGcHJvdG8z", [file_buf_validate_validate, file_devex_core_v1_template, file_google_protobuf_timestamp]);
 
 /**
  * A repl: a sandboxed workspace created from a template.
@@ -113,18 +113,20 @@ export type Repl = Message<"devex.core.v1.Repl"> & {
   lastStoppedAt?: Timestamp | undefined;
 
   /**
-   * When the runner last reported activity (an attached client, terminal input or output, a running command).
-   * The idle timer runs from this time. Updated at most every few seconds and without bumping version;
-   * unset if the repl never ran.
+   * When the runner last reported activity: a client attached to a terminal or a process, terminal or process
+   * input or output, file changes and transfers, preview traffic, a process still running (ProcessService), or
+   * a terminal whose shell is running a command in the foreground (even with no client attached). A shell
+   * waiting at its prompt is not activity. The idle timer runs from this time. Updated at most every few
+   * seconds and without bumping version; unset if the repl never ran.
    *
    * @generated from field: google.protobuf.Timestamp last_active_at = 13;
    */
   lastActiveAt?: Timestamp | undefined;
 
   /**
-   * How long, in milliseconds, the repl may run with no activity before core stops it (saving first). The
-   * effective value: the server default (300000 ms, 5 minutes, unless configured) when none was chosen.
-   * Between 60000 (1 minute) and 86400000 (24 hours).
+   * How long, in milliseconds, the repl may run with no activity before core stops it (saving first), unless
+   * keep_awake is set. The effective value: the server default (300000 ms, 5 minutes, unless configured) when
+   * none was chosen. Between 60000 (1 minute) and 86400000 (24 hours).
    *
    * @generated from field: uint32 idle_timeout_ms = 14;
    */
@@ -150,6 +152,15 @@ export type Repl = Message<"devex.core.v1.Repl"> & {
    * @generated from field: repeated devex.core.v1.ReplPort ports = 17;
    */
   ports: ReplPort[];
+
+  /**
+   * True when the owner asked core never to stop the repl for being idle (CreateRepl or UpdateRepl): it then
+   * runs until it is stopped, however long it has no activity; idle_timeout_ms applies again once this is
+   * false. False (the default): the idle timeout applies.
+   *
+   * @generated from field: bool keep_awake = 18;
+   */
+  keepAwake: boolean;
 };
 
 /**
@@ -336,6 +347,23 @@ export type Snapshot = Message<"devex.core.v1.Snapshot"> & {
    * @generated from field: string restored_from_snapshot_id = 12;
    */
   restoredFromSnapshotId: string;
+
+  /**
+   * The number of entries of the workspace the save left out because a snapshot cannot hold them
+   * (FIFOs, sockets, devices) or the runner could not read them; paths the workspace's
+   * .devexignore leaves out are not counted. 0 when everything was saved. For reason RESTORE, those
+   * of the snapshot it restores.
+   *
+   * @generated from field: uint32 skipped_entry_count = 13;
+   */
+  skippedEntryCount: number;
+
+  /**
+   * The first of those entries (at most 10).
+   *
+   * @generated from field: repeated devex.core.v1.SkippedEntry skipped_entries = 14;
+   */
+  skippedEntries: SkippedEntry[];
 };
 
 /**
@@ -344,6 +372,35 @@ export type Snapshot = Message<"devex.core.v1.Snapshot"> & {
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
   messageDesc(file_devex_core_v1_repl, 3);
+
+/**
+ * An entry of a repl's workspace that a snapshot left out.
+ *
+ * @generated from message devex.core.v1.SkippedEntry
+ */
+export type SkippedEntry = Message<"devex.core.v1.SkippedEntry"> & {
+  /**
+   * Its path relative to the workspace root, "/"-separated (bytes of a name that are not UTF-8
+   * appear as U+FFFD).
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * Why it was left out.
+   *
+   * @generated from field: devex.core.v1.SkipReason reason = 2;
+   */
+  reason: SkipReason;
+};
+
+/**
+ * Describes the message devex.core.v1.SkippedEntry.
+ * Use `create(SkippedEntrySchema)` to create a new message.
+ */
+export const SkippedEntrySchema: GenMessage<SkippedEntry> = /*@__PURE__*/
+  messageDesc(file_devex_core_v1_repl, 4);
 
 /**
  * Sent on a WatchRepl stream while nothing changes, so that idle proxies keep the stream open.
@@ -364,7 +421,7 @@ export type StreamKeepalive = Message<"devex.core.v1.StreamKeepalive"> & {
  * Use `create(StreamKeepaliveSchema)` to create a new message.
  */
 export const StreamKeepaliveSchema: GenMessage<StreamKeepalive> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 4);
+  messageDesc(file_devex_core_v1_repl, 5);
 
 /**
  * Sent last on a WatchRepl stream when the repl has been deleted.
@@ -392,7 +449,7 @@ export type ReplDeleted = Message<"devex.core.v1.ReplDeleted"> & {
  * Use `create(ReplDeletedSchema)` to create a new message.
  */
 export const ReplDeletedSchema: GenMessage<ReplDeleted> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 5);
+  messageDesc(file_devex_core_v1_repl, 6);
 
 /**
  * Request for ReplService.CreateRepl.
@@ -432,6 +489,13 @@ export type CreateReplRequest = Message<"devex.core.v1.CreateReplRequest"> & {
    * @generated from field: map<string, string> labels = 4;
    */
   labels: { [key: string]: string };
+
+  /**
+   * True: core never stops the repl for being idle (see Repl.keep_awake). Default false.
+   *
+   * @generated from field: bool keep_awake = 5;
+   */
+  keepAwake: boolean;
 };
 
 /**
@@ -439,7 +503,7 @@ export type CreateReplRequest = Message<"devex.core.v1.CreateReplRequest"> & {
  * Use `create(CreateReplRequestSchema)` to create a new message.
  */
 export const CreateReplRequestSchema: GenMessage<CreateReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 6);
+  messageDesc(file_devex_core_v1_repl, 7);
 
 /**
  * Response for ReplService.CreateRepl.
@@ -460,7 +524,7 @@ export type CreateReplResponse = Message<"devex.core.v1.CreateReplResponse"> & {
  * Use `create(CreateReplResponseSchema)` to create a new message.
  */
 export const CreateReplResponseSchema: GenMessage<CreateReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 7);
+  messageDesc(file_devex_core_v1_repl, 8);
 
 /**
  * Request for ReplService.GetRepl. Exactly one of repl_id and name is required.
@@ -497,7 +561,7 @@ export type GetReplRequest = Message<"devex.core.v1.GetReplRequest"> & {
  * Use `create(GetReplRequestSchema)` to create a new message.
  */
 export const GetReplRequestSchema: GenMessage<GetReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 8);
+  messageDesc(file_devex_core_v1_repl, 9);
 
 /**
  * Response for ReplService.GetRepl.
@@ -518,7 +582,7 @@ export type GetReplResponse = Message<"devex.core.v1.GetReplResponse"> & {
  * Use `create(GetReplResponseSchema)` to create a new message.
  */
 export const GetReplResponseSchema: GenMessage<GetReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 9);
+  messageDesc(file_devex_core_v1_repl, 10);
 
 /**
  * Request for ReplService.ListRepls.
@@ -563,7 +627,7 @@ export type ListReplsRequest = Message<"devex.core.v1.ListReplsRequest"> & {
  * Use `create(ListReplsRequestSchema)` to create a new message.
  */
 export const ListReplsRequestSchema: GenMessage<ListReplsRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 10);
+  messageDesc(file_devex_core_v1_repl, 11);
 
 /**
  * Response for ReplService.ListRepls.
@@ -591,7 +655,7 @@ export type ListReplsResponse = Message<"devex.core.v1.ListReplsResponse"> & {
  * Use `create(ListReplsResponseSchema)` to create a new message.
  */
 export const ListReplsResponseSchema: GenMessage<ListReplsResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 11);
+  messageDesc(file_devex_core_v1_repl, 12);
 
 /**
  * Request for ReplService.RenameRepl.
@@ -628,7 +692,7 @@ export type RenameReplRequest = Message<"devex.core.v1.RenameReplRequest"> & {
  * Use `create(RenameReplRequestSchema)` to create a new message.
  */
 export const RenameReplRequestSchema: GenMessage<RenameReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 12);
+  messageDesc(file_devex_core_v1_repl, 13);
 
 /**
  * Response for ReplService.RenameRepl.
@@ -649,7 +713,7 @@ export type RenameReplResponse = Message<"devex.core.v1.RenameReplResponse"> & {
  * Use `create(RenameReplResponseSchema)` to create a new message.
  */
 export const RenameReplResponseSchema: GenMessage<RenameReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 13);
+  messageDesc(file_devex_core_v1_repl, 14);
 
 /**
  * Request for ReplService.UpdateRepl. Fields left unset are not changed.
@@ -693,6 +757,14 @@ export type UpdateReplRequest = Message<"devex.core.v1.UpdateReplRequest"> & {
    * @generated from field: repeated string remove_labels = 5;
    */
   removeLabels: string[];
+
+  /**
+   * Unset: unchanged. True: core never stops the repl for being idle; false: its idle timeout applies again
+   * (see Repl.keep_awake).
+   *
+   * @generated from field: optional bool keep_awake = 6;
+   */
+  keepAwake?: boolean | undefined;
 };
 
 /**
@@ -700,7 +772,7 @@ export type UpdateReplRequest = Message<"devex.core.v1.UpdateReplRequest"> & {
  * Use `create(UpdateReplRequestSchema)` to create a new message.
  */
 export const UpdateReplRequestSchema: GenMessage<UpdateReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 14);
+  messageDesc(file_devex_core_v1_repl, 15);
 
 /**
  * Response for ReplService.UpdateRepl.
@@ -721,7 +793,7 @@ export type UpdateReplResponse = Message<"devex.core.v1.UpdateReplResponse"> & {
  * Use `create(UpdateReplResponseSchema)` to create a new message.
  */
 export const UpdateReplResponseSchema: GenMessage<UpdateReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 15);
+  messageDesc(file_devex_core_v1_repl, 16);
 
 /**
  * Request for ReplService.DeleteRepl.
@@ -758,7 +830,7 @@ export type DeleteReplRequest = Message<"devex.core.v1.DeleteReplRequest"> & {
  * Use `create(DeleteReplRequestSchema)` to create a new message.
  */
 export const DeleteReplRequestSchema: GenMessage<DeleteReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 16);
+  messageDesc(file_devex_core_v1_repl, 17);
 
 /**
  * Response for ReplService.DeleteRepl. Empty: the repl is gone.
@@ -773,7 +845,7 @@ export type DeleteReplResponse = Message<"devex.core.v1.DeleteReplResponse"> & {
  * Use `create(DeleteReplResponseSchema)` to create a new message.
  */
 export const DeleteReplResponseSchema: GenMessage<DeleteReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 17);
+  messageDesc(file_devex_core_v1_repl, 18);
 
 /**
  * Request for ReplService.StartRepl.
@@ -802,7 +874,7 @@ export type StartReplRequest = Message<"devex.core.v1.StartReplRequest"> & {
  * Use `create(StartReplRequestSchema)` to create a new message.
  */
 export const StartReplRequestSchema: GenMessage<StartReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 18);
+  messageDesc(file_devex_core_v1_repl, 19);
 
 /**
  * Response for ReplService.StartRepl.
@@ -830,7 +902,7 @@ export type StartReplResponse = Message<"devex.core.v1.StartReplResponse"> & {
  * Use `create(StartReplResponseSchema)` to create a new message.
  */
 export const StartReplResponseSchema: GenMessage<StartReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 19);
+  messageDesc(file_devex_core_v1_repl, 20);
 
 /**
  * Request for ReplService.StopRepl.
@@ -859,7 +931,7 @@ export type StopReplRequest = Message<"devex.core.v1.StopReplRequest"> & {
  * Use `create(StopReplRequestSchema)` to create a new message.
  */
 export const StopReplRequestSchema: GenMessage<StopReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 20);
+  messageDesc(file_devex_core_v1_repl, 21);
 
 /**
  * Response for ReplService.StopRepl.
@@ -887,7 +959,7 @@ export type StopReplResponse = Message<"devex.core.v1.StopReplResponse"> & {
  * Use `create(StopReplResponseSchema)` to create a new message.
  */
 export const StopReplResponseSchema: GenMessage<StopReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 21);
+  messageDesc(file_devex_core_v1_repl, 22);
 
 /**
  * Request for ReplService.GetReplAccess.
@@ -908,7 +980,7 @@ export type GetReplAccessRequest = Message<"devex.core.v1.GetReplAccessRequest">
  * Use `create(GetReplAccessRequestSchema)` to create a new message.
  */
 export const GetReplAccessRequestSchema: GenMessage<GetReplAccessRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 22);
+  messageDesc(file_devex_core_v1_repl, 23);
 
 /**
  * Response for ReplService.GetReplAccess.
@@ -929,7 +1001,7 @@ export type GetReplAccessResponse = Message<"devex.core.v1.GetReplAccessResponse
  * Use `create(GetReplAccessResponseSchema)` to create a new message.
  */
 export const GetReplAccessResponseSchema: GenMessage<GetReplAccessResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 23);
+  messageDesc(file_devex_core_v1_repl, 24);
 
 /**
  * Request for ReplService.GetPreviewUrl.
@@ -957,7 +1029,7 @@ export type GetPreviewUrlRequest = Message<"devex.core.v1.GetPreviewUrlRequest">
  * Use `create(GetPreviewUrlRequestSchema)` to create a new message.
  */
 export const GetPreviewUrlRequestSchema: GenMessage<GetPreviewUrlRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 24);
+  messageDesc(file_devex_core_v1_repl, 25);
 
 /**
  * Response for ReplService.GetPreviewUrl.
@@ -993,7 +1065,7 @@ export type GetPreviewUrlResponse = Message<"devex.core.v1.GetPreviewUrlResponse
  * Use `create(GetPreviewUrlResponseSchema)` to create a new message.
  */
 export const GetPreviewUrlResponseSchema: GenMessage<GetPreviewUrlResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 25);
+  messageDesc(file_devex_core_v1_repl, 26);
 
 /**
  * Request for ReplService.SetPortVisibility.
@@ -1035,7 +1107,7 @@ export type SetPortVisibilityRequest = Message<"devex.core.v1.SetPortVisibilityR
  * Use `create(SetPortVisibilityRequestSchema)` to create a new message.
  */
 export const SetPortVisibilityRequestSchema: GenMessage<SetPortVisibilityRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 26);
+  messageDesc(file_devex_core_v1_repl, 27);
 
 /**
  * Response for ReplService.SetPortVisibility.
@@ -1056,7 +1128,7 @@ export type SetPortVisibilityResponse = Message<"devex.core.v1.SetPortVisibility
  * Use `create(SetPortVisibilityResponseSchema)` to create a new message.
  */
 export const SetPortVisibilityResponseSchema: GenMessage<SetPortVisibilityResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 27);
+  messageDesc(file_devex_core_v1_repl, 28);
 
 /**
  * Request for ReplService.WatchRepl.
@@ -1086,7 +1158,7 @@ export type WatchReplRequest = Message<"devex.core.v1.WatchReplRequest"> & {
  * Use `create(WatchReplRequestSchema)` to create a new message.
  */
 export const WatchReplRequestSchema: GenMessage<WatchReplRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 28);
+  messageDesc(file_devex_core_v1_repl, 29);
 
 /**
  * One message of a WatchRepl stream: exactly one of its fields is set.
@@ -1131,7 +1203,7 @@ export type WatchReplResponse = Message<"devex.core.v1.WatchReplResponse"> & {
  * Use `create(WatchReplResponseSchema)` to create a new message.
  */
 export const WatchReplResponseSchema: GenMessage<WatchReplResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 29);
+  messageDesc(file_devex_core_v1_repl, 30);
 
 /**
  * Request for ReplService.ListSnapshots.
@@ -1167,7 +1239,7 @@ export type ListSnapshotsRequest = Message<"devex.core.v1.ListSnapshotsRequest">
  * Use `create(ListSnapshotsRequestSchema)` to create a new message.
  */
 export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 30);
+  messageDesc(file_devex_core_v1_repl, 31);
 
 /**
  * Response for ReplService.ListSnapshots.
@@ -1195,7 +1267,7 @@ export type ListSnapshotsResponse = Message<"devex.core.v1.ListSnapshotsResponse
  * Use `create(ListSnapshotsResponseSchema)` to create a new message.
  */
 export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 31);
+  messageDesc(file_devex_core_v1_repl, 32);
 
 /**
  * Request for ReplService.CreateSnapshot.
@@ -1232,7 +1304,7 @@ export type CreateSnapshotRequest = Message<"devex.core.v1.CreateSnapshotRequest
  * Use `create(CreateSnapshotRequestSchema)` to create a new message.
  */
 export const CreateSnapshotRequestSchema: GenMessage<CreateSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 32);
+  messageDesc(file_devex_core_v1_repl, 33);
 
 /**
  * Response for ReplService.CreateSnapshot.
@@ -1260,7 +1332,7 @@ export type CreateSnapshotResponse = Message<"devex.core.v1.CreateSnapshotRespon
  * Use `create(CreateSnapshotResponseSchema)` to create a new message.
  */
 export const CreateSnapshotResponseSchema: GenMessage<CreateSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 33);
+  messageDesc(file_devex_core_v1_repl, 34);
 
 /**
  * Request for ReplService.RestoreSnapshot.
@@ -1296,7 +1368,7 @@ export type RestoreSnapshotRequest = Message<"devex.core.v1.RestoreSnapshotReque
  * Use `create(RestoreSnapshotRequestSchema)` to create a new message.
  */
 export const RestoreSnapshotRequestSchema: GenMessage<RestoreSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 34);
+  messageDesc(file_devex_core_v1_repl, 35);
 
 /**
  * Response for ReplService.RestoreSnapshot.
@@ -1324,7 +1396,7 @@ export type RestoreSnapshotResponse = Message<"devex.core.v1.RestoreSnapshotResp
  * Use `create(RestoreSnapshotResponseSchema)` to create a new message.
  */
 export const RestoreSnapshotResponseSchema: GenMessage<RestoreSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_devex_core_v1_repl, 35);
+  messageDesc(file_devex_core_v1_repl, 36);
 
 /**
  * The lifecycle state of a repl. Transitions: CREATED, STOPPED or FAILED -> STARTING -> RUNNING -> STOPPING
@@ -1517,6 +1589,55 @@ export const SnapshotReasonSchema: GenEnum<SnapshotReason> = /*@__PURE__*/
   enumDesc(file_devex_core_v1_repl, 2);
 
 /**
+ * Why a snapshot left an entry of the workspace out.
+ *
+ * @generated from enum devex.core.v1.SkipReason
+ */
+export enum SkipReason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: SKIP_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A FIFO (named pipe): a snapshot holds none.
+   *
+   * @generated from enum value: SKIP_REASON_FIFO = 1;
+   */
+  FIFO = 1,
+
+  /**
+   * A Unix socket: a snapshot holds none.
+   *
+   * @generated from enum value: SKIP_REASON_SOCKET = 2;
+   */
+  SOCKET = 2,
+
+  /**
+   * A block or character device: a snapshot holds none.
+   *
+   * @generated from enum value: SKIP_REASON_DEVICE = 3;
+   */
+  DEVICE = 3,
+
+  /**
+   * A file the runner may not read, or a folder whose entries it may not list (the folder itself is
+   * saved, its contents are not): its permissions shut the repl's user out.
+   *
+   * @generated from enum value: SKIP_REASON_UNREADABLE = 4;
+   */
+  UNREADABLE = 4,
+}
+
+/**
+ * Describes the enum devex.core.v1.SkipReason.
+ */
+export const SkipReasonSchema: GenEnum<SkipReason> = /*@__PURE__*/
+  enumDesc(file_devex_core_v1_repl, 3);
+
+/**
  * ReplService manages the caller's own repls: sandboxes created from a template, started and stopped on
  * demand, whose workspace is saved as a snapshot on every stop and restored on every start.
  *
@@ -1542,7 +1663,8 @@ export const ReplService: GenService<{
    * Who may call: any authenticated user, scope FULL or ADMIN; the repl belongs to the caller.
    * Errors: INVALID_ARGUMENT, NOT_FOUND (no template with exactly this name), ALREADY_EXISTS (the caller
    * already has a repl with this name), RESOURCE_EXHAUSTED (the per-user repl quota is reached; a
-   * google.rpc.QuotaFailure detail names the limit), PERMISSION_DENIED, UNAUTHENTICATED.
+   * google.rpc.QuotaFailure detail names the limit), UNAVAILABLE (the workspace store is down; nothing was
+   * created), PERMISSION_DENIED, UNAUTHENTICATED.
    *
    * @generated from rpc devex.core.v1.ReplService.CreateRepl
    */
@@ -1588,8 +1710,9 @@ export const ReplService: GenService<{
     output: typeof RenameReplResponseSchema;
   },
   /**
-   * Changes a repl's settings: its idle timeout and its labels. Fields left unset are not changed. A new idle
-   * timeout applies at once, also to a running repl. Allowed in any state but DELETING.
+   * Changes a repl's settings: its idle timeout, whether it is kept awake, and its labels. Fields left unset are
+   * not changed. A new idle timeout or keep_awake applies at once, also to a running repl. Allowed in any state
+   * but DELETING.
    * Who may call: the owner, scope FULL or ADMIN.
    * Errors: NOT_FOUND, FAILED_PRECONDITION (expected_version mismatch, or the repl is DELETING),
    * INVALID_ARGUMENT (more than 64 labels would result), PERMISSION_DENIED, UNAUTHENTICATED.
@@ -1641,7 +1764,10 @@ export const ReplService: GenService<{
   /**
    * Stops a repl: saves its workspace as a new snapshot (reason STOP), and only once the save is confirmed
    * tears the runner down; returns when the repl is STOPPED. If the save fails the runner is kept, the repl
-   * returns to RUNNING, the previous snapshot stays current, and the call fails with UNAVAILABLE.
+   * returns to RUNNING, the previous snapshot stays current, and the call fails with UNAVAILABLE. A store
+   * that cannot take a write is found before the runner's terminals and processes are ended, so the repl
+   * stays exactly as it was; a save that fails after that resumes the runner (files, commands and terminals
+   * work again, the template's start command runs again) and the message says what the stop ended.
    * Idempotent: stopping a CREATED, STOPPED or FAILED repl returns it unchanged; stopping a STOPPING repl
    * waits for that stop; stopping a STARTING repl waits for the start to finish, then stops it.
    * Who may call: the owner, scope FULL or ADMIN.
@@ -1701,7 +1827,8 @@ export const ReplService: GenService<{
    * for it and then saves.
    * Who may call: the owner, scope FULL or ADMIN.
    * Errors: NOT_FOUND, FAILED_PRECONDITION (the repl is not RUNNING, or expected_version mismatch),
-   * UNAVAILABLE (the save failed; the previous snapshot stays current), PERMISSION_DENIED, UNAUTHENTICATED.
+   * UNAVAILABLE (the save failed: the store or the runner is down, as for StopRepl; the previous snapshot stays
+   * current), PERMISSION_DENIED, UNAUTHENTICATED.
    *
    * @generated from rpc devex.core.v1.ReplService.CreateSnapshot
    */

@@ -33,7 +33,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file devex/runner/v1/runner.proto.
  */
 export const file_devex_runner_v1_runner: GenFile = /*@__PURE__*/
-  fileDesc("ChxkZXZleC9ydW5uZXIvdjEvcnVubmVyLnByb3RvEg9kZXZleC5ydW5uZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCLqAwoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRIPCgdyZXBsX2lkGAIgASgJEisKBXN0YXRlGAMgASgOMhwuZGV2ZXgucnVubmVyLnYxLlJ1bm5lclN0YXRlEi4KCnN0YXJ0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXVwdGltZV9tcxgFIAEoBBIYChBhdHRhY2hlZF9jbGllbnRzGAYgASgNEhUKDXNlc3Npb25fY291bnQYByABKA0SHQoVcnVubmluZ19wcm9jZXNzX2NvdW50GAggASgNEjQKEGxhc3RfYWN0aXZpdHlfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmlkbGVfc2luY2UYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKFHdvcmtzcGFjZV91c2VkX2J5dGVzGAsgASgESACIAQESOQoVd29ya3NwYWNlX21lYXN1cmVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg53b3Jrc3BhY2VfcGF0aBgNIAEoCUIXChVfd29ya3NwYWNlX3VzZWRfYnl0ZXMiqwEKFkV4cG9ydFdvcmtzcGFjZVJlcXVlc3QSQgoLY29tcHJlc3Npb24YASABKA4yIy5kZXZleC5ydW5uZXIudjEuQXJjaGl2ZUNvbXByZXNzaW9uQgi6SAWCAQIQARIkCgtpZ25vcmVfZmlsZRgCIAEoCUIPukgM2AEBcgcogCC6AQEAEicKB2V4Y2x1ZGUYAyADKAlCFrpIE5IBEBDoByILcgkQASiACLoBAQAilgEKF0V4cG9ydFdvcmtzcGFjZVJlc3BvbnNlEi8KBmhlYWRlchgBIAEoCzIdLmRldmV4LnJ1bm5lci52MS5FeHBvcnRIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAEjEKB3RyYWlsZXIYAyABKAsyHi5kZXZleC5ydW5uZXIudjEuRXhwb3J0VHJhaWxlckgAQgYKBGtpbmQieAoMRXhwb3J0SGVhZGVyEjgKC2NvbXByZXNzaW9uGAEgASgOMiMuZGV2ZXgucnVubmVyLnYxLkFyY2hpdmVDb21wcmVzc2lvbhIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKbAQoNRXhwb3J0VHJhaWxlchISCgpmaWxlX2NvdW50GAEgASgEEhcKD2RpcmVjdG9yeV9jb3VudBgCIAEoBBIVCg1zeW1saW5rX2NvdW50GAMgASgEEhoKEmNvbnRlbnRfc2l6ZV9ieXRlcxgEIAEoBBIaChJhcmNoaXZlX3NpemVfYnl0ZXMYBSABKAQSDgoGc2hhMjU2GAYgASgJInUKFkltcG9ydFdvcmtzcGFjZVJlcXVlc3QSLwoGaGVhZGVyGAEgASgLMh0uZGV2ZXgucnVubmVyLnYxLkltcG9ydEhlYWRlckgAEhsKBWNodW5rGAIgASgMQgq6SAd6BRiAgIACSABCDQoEa2luZBIFukgCCAEixAEKDEltcG9ydEhlYWRlchJECgtjb21wcmVzc2lvbhgBIAEoDjIjLmRldmV4LnJ1bm5lci52MS5BcmNoaXZlQ29tcHJlc3Npb25CCrpIB4IBBBABIAASJQoGc2hhMjU2GAIgASgJQhW6SBJyEDIOXlswLTlhLWZdezY0fSQSMAoSYXJjaGl2ZV9zaXplX2J5dGVzGAMgASgEQg+6SAwyChj//////////39IAIgBAUIVChNfYXJjaGl2ZV9zaXplX2J5dGVzIpUBChdJbXBvcnRXb3Jrc3BhY2VSZXNwb25zZRISCgpmaWxlX2NvdW50GAEgASgEEhcKD2RpcmVjdG9yeV9jb3VudBgCIAEoBBIVCg1zeW1saW5rX2NvdW50GAMgASgEEhoKEmNvbnRlbnRfc2l6ZV9ieXRlcxgEIAEoBBIaChJhcmNoaXZlX3NpemVfYnl0ZXMYBSABKAQiTwoPU2h1dGRvd25SZXF1ZXN0EiIKD2dyYWNlX3BlcmlvZF9tcxgBIAEoDUIJukgGKgQY4KcSEhgKBnJlYXNvbhgCIAEoCUIIukgFcgMogAgikgEKEFNodXRkb3duUmVzcG9uc2USFwoPc2Vzc2lvbnNfY2xvc2VkGAEgASgNEhkKEXByb2Nlc3Nlc19zdG9wcGVkGAIgASgNEhoKEmtpbGxlZF9hZnRlcl9ncmFjZRgDIAEoDRIuCgpkcmFpbmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI8Cg1Bc3NpZ25SZXF1ZXN0EisKB3JlcGxfaWQYASABKAlCGrpIF3IVMhNecmVwbF9bMC05YS16XXsyNn0kIiEKDkFzc2lnblJlc3BvbnNlEg8KB3JlcGxfaWQYASABKAkiOAoJS2VlcGFsaXZlEisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkIKCkV4aXRTdGF0dXMSFgoJZXhpdF9jb2RlGAEgASgFSACIAQESDgoGc2lnbmFsGAIgASgJQgwKCl9leGl0X2NvZGUqegoLUnVubmVyU3RhdGUSHAoYUlVOTkVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUUlVOTkVSX1NUQVRFX1NFUlZJTkcQARIZChVSVU5ORVJfU1RBVEVfRFJBSU5JTkcQAhIYChRSVU5ORVJfU1RBVEVfRFJBSU5FRBADKpMBChJBcmNoaXZlQ29tcHJlc3Npb24SIwofQVJDSElWRV9DT01QUkVTU0lPTl9VTlNQRUNJRklFRBAAEhwKGEFSQ0hJVkVfQ09NUFJFU1NJT05fWlNURBABEhwKGEFSQ0hJVkVfQ09NUFJFU1NJT05fR1pJUBACEhwKGEFSQ0hJVkVfQ09NUFJFU1NJT05fTk9ORRADKskBCgZTaWduYWwSFgoSU0lHTkFMX1VOU1BFQ0lGSUVEEAASDwoLU0lHTkFMX1RFUk0QARIPCgtTSUdOQUxfS0lMTBACEg4KClNJR05BTF9JTlQQAxIOCgpTSUdOQUxfSFVQEAQSDwoLU0lHTkFMX1FVSVQQBRIPCgtTSUdOQUxfVVNSMRAGEg8KC1NJR05BTF9VU1IyEAcSDwoLU0lHTkFMX1NUT1AQCBIPCgtTSUdOQUxfQ09OVBAJEhAKDFNJR05BTF9XSU5DSBAKMs8DCg1SdW5uZXJTZXJ2aWNlElIKCUdldFN0YXR1cxIhLmRldmV4LnJ1bm5lci52MS5HZXRTdGF0dXNSZXF1ZXN0GiIuZGV2ZXgucnVubmVyLnYxLkdldFN0YXR1c1Jlc3BvbnNlEmYKD0V4cG9ydFdvcmtzcGFjZRInLmRldmV4LnJ1bm5lci52MS5FeHBvcnRXb3Jrc3BhY2VSZXF1ZXN0GiguZGV2ZXgucnVubmVyLnYxLkV4cG9ydFdvcmtzcGFjZVJlc3BvbnNlMAESZgoPSW1wb3J0V29ya3NwYWNlEicuZGV2ZXgucnVubmVyLnYxLkltcG9ydFdvcmtzcGFjZVJlcXVlc3QaKC5kZXZleC5ydW5uZXIudjEuSW1wb3J0V29ya3NwYWNlUmVzcG9uc2UoARJPCghTaHV0ZG93bhIgLmRldmV4LnJ1bm5lci52MS5TaHV0ZG93blJlcXVlc3QaIS5kZXZleC5ydW5uZXIudjEuU2h1dGRvd25SZXNwb25zZRJJCgZBc3NpZ24SHi5kZXZleC5ydW5uZXIudjEuQXNzaWduUmVxdWVzdBofLmRldmV4LnJ1bm5lci52MS5Bc3NpZ25SZXNwb25zZWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("ChxkZXZleC9ydW5uZXIvdjEvcnVubmVyLnByb3RvEg9kZXZleC5ydW5uZXIudjEiEgoQR2V0U3RhdHVzUmVxdWVzdCKGBAoRR2V0U3RhdHVzUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRIPCgdyZXBsX2lkGAIgASgJEisKBXN0YXRlGAMgASgOMhwuZGV2ZXgucnVubmVyLnYxLlJ1bm5lclN0YXRlEi4KCnN0YXJ0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXVwdGltZV9tcxgFIAEoBBIYChBhdHRhY2hlZF9jbGllbnRzGAYgASgNEhUKDXNlc3Npb25fY291bnQYByABKA0SHQoVcnVubmluZ19wcm9jZXNzX2NvdW50GAggASgNEjQKEGxhc3RfYWN0aXZpdHlfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmlkbGVfc2luY2UYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiEKFHdvcmtzcGFjZV91c2VkX2J5dGVzGAsgASgESACIAQESOQoVd29ya3NwYWNlX21lYXN1cmVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg53b3Jrc3BhY2VfcGF0aBgNIAEoCRIaChJidXN5X3Nlc3Npb25fY291bnQYDiABKA1CFwoVX3dvcmtzcGFjZV91c2VkX2J5dGVzIqsBChZFeHBvcnRXb3Jrc3BhY2VSZXF1ZXN0EkIKC2NvbXByZXNzaW9uGAEgASgOMiMuZGV2ZXgucnVubmVyLnYxLkFyY2hpdmVDb21wcmVzc2lvbkIIukgFggECEAESJAoLaWdub3JlX2ZpbGUYAiABKAlCD7pIDNgBAXIHKIAgugEBABInCgdleGNsdWRlGAMgAygJQha6SBOSARAQ6AciC3IJEAEogAi6AQEAIpYBChdFeHBvcnRXb3Jrc3BhY2VSZXNwb25zZRIvCgZoZWFkZXIYASABKAsyHS5kZXZleC5ydW5uZXIudjEuRXhwb3J0SGVhZGVySAASDwoFY2h1bmsYAiABKAxIABIxCgd0cmFpbGVyGAMgASgLMh4uZGV2ZXgucnVubmVyLnYxLkV4cG9ydFRyYWlsZXJIAEIGCgRraW5kIngKDEV4cG9ydEhlYWRlchI4Cgtjb21wcmVzc2lvbhgBIAEoDjIjLmRldmV4LnJ1bm5lci52MS5BcmNoaXZlQ29tcHJlc3Npb24SLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi8AEKDUV4cG9ydFRyYWlsZXISEgoKZmlsZV9jb3VudBgBIAEoBBIXCg9kaXJlY3RvcnlfY291bnQYAiABKAQSFQoNc3ltbGlua19jb3VudBgDIAEoBBIaChJjb250ZW50X3NpemVfYnl0ZXMYBCABKAQSGgoSYXJjaGl2ZV9zaXplX2J5dGVzGAUgASgEEg4KBnNoYTI1NhgGIAEoCRIbChNza2lwcGVkX2VudHJ5X2NvdW50GAcgASgEEjYKD3NraXBwZWRfZW50cmllcxgIIAMoCzIdLmRldmV4LnJ1bm5lci52MS5Ta2lwcGVkRW50cnkiSQoMU2tpcHBlZEVudHJ5EgwKBHBhdGgYASABKAkSKwoGcmVhc29uGAIgASgOMhsuZGV2ZXgucnVubmVyLnYxLlNraXBSZWFzb24idQoWSW1wb3J0V29ya3NwYWNlUmVxdWVzdBIvCgZoZWFkZXIYASABKAsyHS5kZXZleC5ydW5uZXIudjEuSW1wb3J0SGVhZGVySAASGwoFY2h1bmsYAiABKAxCCrpIB3oFGICAgAJIAEINCgRraW5kEgW6SAIIASLEAQoMSW1wb3J0SGVhZGVyEkQKC2NvbXByZXNzaW9uGAEgASgOMiMuZGV2ZXgucnVubmVyLnYxLkFyY2hpdmVDb21wcmVzc2lvbkIKukgHggEEEAEgABIlCgZzaGEyNTYYAiABKAlCFbpIEnIQMg5eWzAtOWEtZl17NjR9JBIwChJhcmNoaXZlX3NpemVfYnl0ZXMYAyABKARCD7pIDDIKGP//////////f0gAiAEBQhUKE19hcmNoaXZlX3NpemVfYnl0ZXMilQEKF0ltcG9ydFdvcmtzcGFjZVJlc3BvbnNlEhIKCmZpbGVfY291bnQYASABKAQSFwoPZGlyZWN0b3J5X2NvdW50GAIgASgEEhUKDXN5bWxpbmtfY291bnQYAyABKAQSGgoSY29udGVudF9zaXplX2J5dGVzGAQgASgEEhoKEmFyY2hpdmVfc2l6ZV9ieXRlcxgFIAEoBCJPCg9TaHV0ZG93blJlcXVlc3QSIgoPZ3JhY2VfcGVyaW9kX21zGAEgASgNQgm6SAYqBBjgpxISGAoGcmVhc29uGAIgASgJQgi6SAVyAyiACCKSAQoQU2h1dGRvd25SZXNwb25zZRIXCg9zZXNzaW9uc19jbG9zZWQYASABKA0SGQoRcHJvY2Vzc2VzX3N0b3BwZWQYAiABKA0SGgoSa2lsbGVkX2FmdGVyX2dyYWNlGAMgASgNEi4KCmRyYWluZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKDUFzc2lnblJlcXVlc3QSKwoHcmVwbF9pZBgBIAEoCUIaukgXchUyE15yZXBsX1swLTlhLXpdezI2fSQiIQoOQXNzaWduUmVzcG9uc2USDwoHcmVwbF9pZBgBIAEoCSIpCg1SZXN1bWVSZXF1ZXN0EhgKBnJlYXNvbhgBIAEoCUIIukgFcgMogAgiJQoOUmVzdW1lUmVzcG9uc2USEwoLd2FzX2RyYWluZWQYASABKAgiOAoJS2VlcGFsaXZlEisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkIKCkV4aXRTdGF0dXMSFgoJZXhpdF9jb2RlGAEgASgFSACIAQESDgoGc2lnbmFsGAIgASgJQgwKCl9leGl0X2NvZGUqegoLUnVubmVyU3RhdGUSHAoYUlVOTkVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUUlVOTkVSX1NUQVRFX1NFUlZJTkcQARIZChVSVU5ORVJfU1RBVEVfRFJBSU5JTkcQAhIYChRSVU5ORVJfU1RBVEVfRFJBSU5FRBADKpMBChJBcmNoaXZlQ29tcHJlc3Npb24SIwofQVJDSElWRV9DT01QUkVTU0lPTl9VTlNQRUNJRklFRBAAEhwKGEFSQ0hJVkVfQ09NUFJFU1NJT05fWlNURBABEhwKGEFSQ0hJVkVfQ09NUFJFU1NJT05fR1pJUBACEhwKGEFSQ0hJVkVfQ09NUFJFU1NJT05fTk9ORRADKosBCgpTa2lwUmVhc29uEhsKF1NLSVBfUkVBU09OX1VOU1BFQ0lGSUVEEAASFAoQU0tJUF9SRUFTT05fRklGTxABEhYKElNLSVBfUkVBU09OX1NPQ0tFVBACEhYKElNLSVBfUkVBU09OX0RFVklDRRADEhoKFlNLSVBfUkVBU09OX1VOUkVBREFCTEUQBCrJAQoGU2lnbmFsEhYKElNJR05BTF9VTlNQRUNJRklFRBAAEg8KC1NJR05BTF9URVJNEAESDwoLU0lHTkFMX0tJTEwQAhIOCgpTSUdOQUxfSU5UEAMSDgoKU0lHTkFMX0hVUBAEEg8KC1NJR05BTF9RVUlUEAUSDwoLU0lHTkFMX1VTUjEQBhIPCgtTSUdOQUxfVVNSMhAHEg8KC1NJR05BTF9TVE9QEAgSDwoLU0lHTkFMX0NPTlQQCRIQCgxTSUdOQUxfV0lOQ0gQCjKaBAoNUnVubmVyU2VydmljZRJSCglHZXRTdGF0dXMSIS5kZXZleC5ydW5uZXIudjEuR2V0U3RhdHVzUmVxdWVzdBoiLmRldmV4LnJ1bm5lci52MS5HZXRTdGF0dXNSZXNwb25zZRJmCg9FeHBvcnRXb3Jrc3BhY2USJy5kZXZleC5ydW5uZXIudjEuRXhwb3J0V29ya3NwYWNlUmVxdWVzdBooLmRldmV4LnJ1bm5lci52MS5FeHBvcnRXb3Jrc3BhY2VSZXNwb25zZTABEmYKD0ltcG9ydFdvcmtzcGFjZRInLmRldmV4LnJ1bm5lci52MS5JbXBvcnRXb3Jrc3BhY2VSZXF1ZXN0GiguZGV2ZXgucnVubmVyLnYxLkltcG9ydFdvcmtzcGFjZVJlc3BvbnNlKAESTwoIU2h1dGRvd24SIC5kZXZleC5ydW5uZXIudjEuU2h1dGRvd25SZXF1ZXN0GiEuZGV2ZXgucnVubmVyLnYxLlNodXRkb3duUmVzcG9uc2USSQoGQXNzaWduEh4uZGV2ZXgucnVubmVyLnYxLkFzc2lnblJlcXVlc3QaHy5kZXZleC5ydW5uZXIudjEuQXNzaWduUmVzcG9uc2USSQoGUmVzdW1lEh4uZGV2ZXgucnVubmVyLnYxLlJlc3VtZVJlcXVlc3QaHy5kZXZleC5ydW5uZXIudjEuUmVzdW1lUmVzcG9uc2ViBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
 
 /**
  * The request of RunnerService.GetStatus.
@@ -153,6 +153,18 @@ export type GetStatusResponse = Message<"devex.runner.v1.GetStatusResponse"> & {
    * @generated from field: string workspace_path = 13;
    */
   workspacePath: string;
+
+  /**
+   * The number of terminal sessions busy right now: their program has handed the terminal to
+   * another process group, as a shell does while a command runs in the foreground (a quiet build,
+   * a server, an editor), whether or not a client is attached. A shell waiting at its prompt is not
+   * busy, even with jobs in the background, and neither is a session whose own program runs with
+   * the terminal (a session created with `sleep 600` as its command rather than a shell). Core's
+   * idle policy counts busy sessions as activity, like running processes.
+   *
+   * @generated from field: uint32 busy_session_count = 14;
+   */
+  busySessionCount: number;
 };
 
 /**
@@ -320,6 +332,21 @@ export type ExportTrailer = Message<"devex.runner.v1.ExportTrailer"> & {
    * @generated from field: string sha256 = 6;
    */
   sha256: string;
+
+  /**
+   * The number of entries of the workspace the archive left out (see SkipReason); paths the ignore
+   * file or the exclude patterns leave out are not counted. 0 when everything was archived.
+   *
+   * @generated from field: uint64 skipped_entry_count = 7;
+   */
+  skippedEntryCount: bigint;
+
+  /**
+   * The first of those entries (at most 10), in the order the export met them.
+   *
+   * @generated from field: repeated devex.runner.v1.SkippedEntry skipped_entries = 8;
+   */
+  skippedEntries: SkippedEntry[];
 };
 
 /**
@@ -328,6 +355,35 @@ export type ExportTrailer = Message<"devex.runner.v1.ExportTrailer"> & {
  */
 export const ExportTrailerSchema: GenMessage<ExportTrailer> = /*@__PURE__*/
   messageDesc(file_devex_runner_v1_runner, 5);
+
+/**
+ * An entry of the workspace an export left out.
+ *
+ * @generated from message devex.runner.v1.SkippedEntry
+ */
+export type SkippedEntry = Message<"devex.runner.v1.SkippedEntry"> & {
+  /**
+   * Its path relative to the workspace root, "/"-separated (bytes of a name that are not UTF-8
+   * appear as U+FFFD).
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * Why it was left out.
+   *
+   * @generated from field: devex.runner.v1.SkipReason reason = 2;
+   */
+  reason: SkipReason;
+};
+
+/**
+ * Describes the message devex.runner.v1.SkippedEntry.
+ * Use `create(SkippedEntrySchema)` to create a new message.
+ */
+export const SkippedEntrySchema: GenMessage<SkippedEntry> = /*@__PURE__*/
+  messageDesc(file_devex_runner_v1_runner, 6);
 
 /**
  * One message of the ImportWorkspace stream: a header first, then chunks.
@@ -364,7 +420,7 @@ export type ImportWorkspaceRequest = Message<"devex.runner.v1.ImportWorkspaceReq
  * Use `create(ImportWorkspaceRequestSchema)` to create a new message.
  */
 export const ImportWorkspaceRequestSchema: GenMessage<ImportWorkspaceRequest> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 6);
+  messageDesc(file_devex_runner_v1_runner, 7);
 
 /**
  * The first message of an import.
@@ -400,7 +456,7 @@ export type ImportHeader = Message<"devex.runner.v1.ImportHeader"> & {
  * Use `create(ImportHeaderSchema)` to create a new message.
  */
 export const ImportHeaderSchema: GenMessage<ImportHeader> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 7);
+  messageDesc(file_devex_runner_v1_runner, 8);
 
 /**
  * The result of RunnerService.ImportWorkspace.
@@ -449,7 +505,7 @@ export type ImportWorkspaceResponse = Message<"devex.runner.v1.ImportWorkspaceRe
  * Use `create(ImportWorkspaceResponseSchema)` to create a new message.
  */
 export const ImportWorkspaceResponseSchema: GenMessage<ImportWorkspaceResponse> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 8);
+  messageDesc(file_devex_runner_v1_runner, 9);
 
 /**
  * The request of RunnerService.Shutdown.
@@ -479,7 +535,7 @@ export type ShutdownRequest = Message<"devex.runner.v1.ShutdownRequest"> & {
  * Use `create(ShutdownRequestSchema)` to create a new message.
  */
 export const ShutdownRequestSchema: GenMessage<ShutdownRequest> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 9);
+  messageDesc(file_devex_runner_v1_runner, 10);
 
 /**
  * The result of RunnerService.Shutdown.
@@ -521,7 +577,7 @@ export type ShutdownResponse = Message<"devex.runner.v1.ShutdownResponse"> & {
  * Use `create(ShutdownResponseSchema)` to create a new message.
  */
 export const ShutdownResponseSchema: GenMessage<ShutdownResponse> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 10);
+  messageDesc(file_devex_runner_v1_runner, 11);
 
 /**
  * The request of RunnerService.Assign.
@@ -542,7 +598,7 @@ export type AssignRequest = Message<"devex.runner.v1.AssignRequest"> & {
  * Use `create(AssignRequestSchema)` to create a new message.
  */
 export const AssignRequestSchema: GenMessage<AssignRequest> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 11);
+  messageDesc(file_devex_runner_v1_runner, 12);
 
 /**
  * The result of RunnerService.Assign.
@@ -563,7 +619,49 @@ export type AssignResponse = Message<"devex.runner.v1.AssignResponse"> & {
  * Use `create(AssignResponseSchema)` to create a new message.
  */
 export const AssignResponseSchema: GenMessage<AssignResponse> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 12);
+  messageDesc(file_devex_runner_v1_runner, 13);
+
+/**
+ * The request of RunnerService.Resume.
+ *
+ * @generated from message devex.runner.v1.ResumeRequest
+ */
+export type ResumeRequest = Message<"devex.runner.v1.ResumeRequest"> & {
+  /**
+   * Why the runner resumes (e.g. "saving the workspace failed"); logged. At most 1,024 bytes.
+   *
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message devex.runner.v1.ResumeRequest.
+ * Use `create(ResumeRequestSchema)` to create a new message.
+ */
+export const ResumeRequestSchema: GenMessage<ResumeRequest> = /*@__PURE__*/
+  messageDesc(file_devex_runner_v1_runner, 14);
+
+/**
+ * The result of RunnerService.Resume.
+ *
+ * @generated from message devex.runner.v1.ResumeResponse
+ */
+export type ResumeResponse = Message<"devex.runner.v1.ResumeResponse"> & {
+  /**
+   * Whether the runner had been drained (false: it was serving and nothing changed).
+   *
+   * @generated from field: bool was_drained = 1;
+   */
+  wasDrained: boolean;
+};
+
+/**
+ * Describes the message devex.runner.v1.ResumeResponse.
+ * Use `create(ResumeResponseSchema)` to create a new message.
+ */
+export const ResumeResponseSchema: GenMessage<ResumeResponse> = /*@__PURE__*/
+  messageDesc(file_devex_runner_v1_runner, 15);
 
 /**
  * A message a server stream sends after 30 s without any other message, so that proxies which cut
@@ -587,7 +685,7 @@ export type Keepalive = Message<"devex.runner.v1.Keepalive"> & {
  * Use `create(KeepaliveSchema)` to create a new message.
  */
 export const KeepaliveSchema: GenMessage<Keepalive> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 13);
+  messageDesc(file_devex_runner_v1_runner, 16);
 
 /**
  * How a process (or the process of a terminal session) ended.
@@ -616,7 +714,7 @@ export type ExitStatus = Message<"devex.runner.v1.ExitStatus"> & {
  * Use `create(ExitStatusSchema)` to create a new message.
  */
 export const ExitStatusSchema: GenMessage<ExitStatus> = /*@__PURE__*/
-  messageDesc(file_devex_runner_v1_runner, 14);
+  messageDesc(file_devex_runner_v1_runner, 17);
 
 /**
  * The lifecycle state of a runner.
@@ -699,6 +797,55 @@ export enum ArchiveCompression {
  */
 export const ArchiveCompressionSchema: GenEnum<ArchiveCompression> = /*@__PURE__*/
   enumDesc(file_devex_runner_v1_runner, 1);
+
+/**
+ * Why an export left an entry of the workspace out.
+ *
+ * @generated from enum devex.runner.v1.SkipReason
+ */
+export enum SkipReason {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: SKIP_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A FIFO (named pipe): an archive holds none.
+   *
+   * @generated from enum value: SKIP_REASON_FIFO = 1;
+   */
+  FIFO = 1,
+
+  /**
+   * A Unix socket: an archive holds none.
+   *
+   * @generated from enum value: SKIP_REASON_SOCKET = 2;
+   */
+  SOCKET = 2,
+
+  /**
+   * A block or character device: an archive holds none.
+   *
+   * @generated from enum value: SKIP_REASON_DEVICE = 3;
+   */
+  DEVICE = 3,
+
+  /**
+   * A file the runner may not read, or a folder whose entries it may not list (the folder itself
+   * is archived, its contents are not): its permissions shut the runner's user out.
+   *
+   * @generated from enum value: SKIP_REASON_UNREADABLE = 4;
+   */
+  UNREADABLE = 4,
+}
+
+/**
+ * Describes the enum devex.runner.v1.SkipReason.
+ */
+export const SkipReasonSchema: GenEnum<SkipReason> = /*@__PURE__*/
+  enumDesc(file_devex_runner_v1_runner, 2);
 
 /**
  * A signal that clients may send to a process or a terminal session.
@@ -788,7 +935,7 @@ export enum Signal {
  * Describes the enum devex.runner.v1.Signal.
  */
 export const SignalSchema: GenEnum<Signal> = /*@__PURE__*/
-  enumDesc(file_devex_runner_v1_runner, 2);
+  enumDesc(file_devex_runner_v1_runner, 3);
 
 /**
  * RunnerService is the runner's control surface for core: status and activity (for the idle
@@ -822,7 +969,9 @@ export const RunnerService: GenService<{
    *
    * The archive holds regular files, directories (empty ones too) and symlinks (stored as links,
    * never followed), with their permission bits and modification times, under paths relative to
-   * the workspace root. Owners, devices, sockets and FIFOs are not included. The export is not a
+   * the workspace root. Owners are not included. Entries an archive cannot hold (FIFOs, sockets,
+   * devices) and files or folders the runner cannot read are left out, and the trailer says so
+   * (skipped_entry_count, skipped_entries): nothing is left out silently. The export is not a
    * point-in-time snapshot of the tree: a file that changes while the export runs is captured
    * either before or after the change. Call Shutdown first when the archive must be final (after
    * Shutdown the workspace no longer changes through the runner).
@@ -882,6 +1031,19 @@ export const RunnerService: GenService<{
     methodKind: "unary";
     input: typeof AssignRequestSchema;
     output: typeof AssignResponseSchema;
+  },
+  /**
+   * Resume undoes Shutdown when the workspace could not be saved and the repl keeps running: the
+   * runner accepts new sessions, processes and filesystem changes again and reports SERVING.
+   * Sessions and processes the drain ended stay ended (their exit statuses are kept as usual). A
+   * drain still in progress completes first. Resuming a runner that is not drained changes nothing.
+   *
+   * @generated from rpc devex.runner.v1.RunnerService.Resume
+   */
+  resume: {
+    methodKind: "unary";
+    input: typeof ResumeRequestSchema;
+    output: typeof ResumeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_devex_runner_v1_runner, 0);

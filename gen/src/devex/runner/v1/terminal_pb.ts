@@ -74,8 +74,11 @@ export type SessionSpec = Message<"devex.runner.v1.SessionSpec"> & {
 
   /**
    * How long the session keeps running while no client is attached, in milliseconds; then it is
-   * closed (SIGHUP, then SIGKILL). 0 means the runner's configured default; at most 604,800,000 ms
-   * (7 days).
+   * closed (SIGHUP, then SIGKILL). It counts from when the last client detached, or from when the
+   * session was last seen busy (its shell running a command in the foreground, checked at least
+   * every 30 s; see RunnerService's GetStatusResponse.busy_session_count) if that is later: a
+   * detached shell is not closed under a build that runs longer. 0 means the runner's configured
+   * default; at most 604,800,000 ms (7 days).
    *
    * @generated from field: uint32 detached_lifetime_ms = 7;
    */
@@ -217,8 +220,8 @@ export type Session = Message<"devex.runner.v1.Session"> & {
   detachedLifetimeMs: number;
 
   /**
-   * When the session will be closed if no client attaches before then; unset while clients are
-   * attached or after the program has exited.
+   * When the session will be closed if no client attaches before then (later if it is still busy
+   * then); unset while clients are attached or after the program has exited.
    *
    * @generated from field: google.protobuf.Timestamp expires_at = 17;
    */

@@ -8,9 +8,11 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { unixEndpoint } from "@devex/kit";
 import type { Logger } from "pino";
 import { createEgressProxy, type EgressProxy } from "../../egress/index.js";
+import { failpoint } from "../../failpoints.js";
 import type { Orchestrator, RunnerInstance, RunnerPhase, RunnerSpec } from "../orchestrator.js";
 import { createRunnerCaller, type RunnerCaller } from "../runner-client.js";
 import type { TokenKeys } from "../token-keys.js";
+import { currentLauncher, launcherAlive } from "./launcher.js";
 import { checkReplId, createRunnerRecords } from "./records.js";
 import {
   egressSocketName,
@@ -116,7 +118,8 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
       ...(options.sandboxUidBase === undefined ? {} : { uidBase: options.sandboxUidBase }),
       logger,
     });
-  const records = createRunnerRecords(join(dataDir, "runners"));
+  const records = createRunnerRecords(join(dataDir, "runners"), join(dataDir, "standbys"));
+  const launcher = currentLauncher();
   // bwrap runs as each sandbox's uid and must pass through the data directory to reach the
   // sandbox's own folders: traverse only (0711), no listing, and every other entry of it
   // (keys, state, objects, the dev key) closed to every uid but core's. Nothing of the data
@@ -184,6 +187,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   };
 
   const instance = (runner: Tracked): RunnerInstance => ({
+    id: runner.sandbox.id,
     replId: runner.replId,
     userId: runner.userId,
     phase: runner.phase,
@@ -254,9 +258,13 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
         return undefined;
       }
       const sandbox = await sandboxes.open(record.sandboxId);
-      const young = Date.now() - record.startedAtMs < startingRecordMs;
+      // A start still under way (here, or in a replica sharing the data directory) is left to
+      // finish; one whose core died is abandoned at once.
+      const young =
+        Date.now() - record.startedAtMs < startingRecordMs &&
+        (launching.has(record.sandboxId) || (record.launcher !== undefined && (await launcherAlive(record.launcher))));
       if (!sandbox) {
-        if (young && launching.has(record.sandboxId)) return undefined;
+        if (young) return undefined;
         log.info("dropping the record of a runner whose sandbox is gone");
         await records.remove(replId, record.sandboxId);
         return undefined;
@@ -315,8 +323,28 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     return false;
   };
 
-  /** The repl's runner: tracked, or adopted from its record. */
-  const find = async (replId: string) => runners.get(replId) ?? (await adopt(replId));
+  /**
+   * The repl's runner: tracked, or adopted from its record. The record is the truth shared by
+   * replicas on one data directory: a tracked runner it no longer names was stopped, or
+   * replaced by a newer start, by another core, and is let go of.
+   */
+  const find = async (replId: string): Promise<Tracked | undefined> => {
+    const tracked = runners.get(replId);
+    if (tracked && !launching.has(tracked.sandbox.id)) {
+      const record = await records.read(replId);
+      const replaced = record !== undefined && record.sandboxId !== tracked.sandbox.id;
+      const removed = record === undefined && tracked.phase !== "exited" && tracked.phase !== "stopping";
+      if ((replaced || removed) && runners.get(replId) === tracked) {
+        logger.info(
+          { replId, sandboxId: tracked.sandbox.id },
+          "letting go of a runner another core replaced or stopped",
+        );
+        detach(tracked);
+        runners.delete(replId);
+      }
+    }
+    return runners.get(replId) ?? (await adopt(replId));
+  };
 
   const pool: StandbyPool = createStandbyPool({
     target: options.standbyRunners ?? 0,
@@ -326,7 +354,11 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
       const id = newSandboxId();
       launching.add(id);
       try {
-        const sandbox = await sandboxes.create(id, standbyLimits);
+        await records.writeStandby({ sandboxId: id, launcher: await launcher });
+        const sandbox = await sandboxes.create(id, standbyLimits).catch(async (error: unknown) => {
+          await records.removeStandby(id);
+          throw error;
+        });
         try {
           const runner = launchRunner(
             sandbox,
@@ -337,6 +369,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
           return { sandbox, runner };
         } catch (error) {
           await sandbox.destroy();
+          await records.removeStandby(id);
           throw error;
         }
       } finally {
@@ -361,7 +394,18 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     const startedAtMs = Date.now();
     // Intent first: a core that dies from here on leaves a record naming the sandbox, so the
     // next one finds and removes whatever this start left.
-    await records.write({ replId, userId: spec.userId, sandboxId, pid: standby?.runner.pid ?? 0, startedAtMs });
+    const launchedBy = await launcher;
+    await records.write({
+      replId,
+      userId: spec.userId,
+      sandboxId,
+      pid: standby?.runner.pid ?? 0,
+      startedAtMs,
+      launcher: launchedBy,
+    });
+    // The runner record covers a standby handed over from here on.
+    if (standby) await records.removeStandby(sandboxId);
+    failpoint("start-recorded");
     let sandbox: Sandbox | undefined = standby?.sandbox;
     let runner: RunnerProcess | undefined = standby?.runner;
     const timeout = AbortSignal.timeout(listenTimeoutMs);
@@ -371,12 +415,21 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
         await sandbox.setLimits(spec.resources);
         await openEgress(sandbox);
         await caller.assign({ replId: sandbox.id, endpoint: endpointOf(sandbox) }, replId, abort);
+        failpoint("start-assigned");
         runner.relayTo(log.child({ pid: runner.pid }));
       } else {
         sandbox = await sandboxes.create(sandboxId, spec.resources);
         await openEgress(sandbox);
         runner = launchRunner(sandbox, ["--repl-id", replId], launchOptions, log);
-        await records.write({ replId, userId: spec.userId, sandboxId, pid: runner.pid, startedAtMs });
+        failpoint("start-spawned");
+        await records.write({
+          replId,
+          userId: spec.userId,
+          sandboxId,
+          pid: runner.pid,
+          startedAtMs,
+          launcher: launchedBy,
+        });
         await abortable(runner.waitFor("listening"), abort);
       }
     } catch (error) {
@@ -454,9 +507,10 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
     }
   };
 
-  const stopRunner = async (replId: string, graceMs: number) => {
+  const stopRunner = async (replId: string, graceMs: number, runnerId?: string) => {
     const runner = await find(replId);
     if (!runner) return;
+    if (runnerId !== undefined && runner.sandbox.id !== runnerId) return;
     const log = logger.child({ replId, sandboxId: runner.sandbox.id });
     if (runner.phase !== "exited") {
       runner.phase = "stopping";
@@ -497,6 +551,20 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   const sweepOrphans = async (recorded: Set<string>) => {
     const kept = new Set((await records.listWorkspaces()).map((record) => record.sandboxId));
     const standbys = pool.ids();
+    const self = await launcher;
+    // Another live core's standbys (replicas sharing the data directory) are its own business.
+    for (const standby of await records.listStandbys()) {
+      const mine = standby.launcher.pid === self.pid && standby.launcher.startTicks === self.startTicks;
+      if (
+        mine
+          ? standbys.has(standby.sandboxId) || launching.has(standby.sandboxId)
+          : await launcherAlive(standby.launcher)
+      ) {
+        standbys.add(standby.sandboxId);
+      } else if (!recorded.has(standby.sandboxId)) {
+        await records.removeStandby(standby.sandboxId);
+      }
+    }
     for (const id of await sandboxes.list()) {
       if (recorded.has(id) || standbys.has(id) || launching.has(id)) continue;
       const sandbox = await sandboxes.open(id);
@@ -507,6 +575,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
   };
 
   const list = async (): Promise<RunnerInstance[]> => {
+    await records.sweepTemporary();
     const ids = await records.list();
     await Promise.all(ids.filter((replId) => !runners.has(replId)).map((replId) => adopt(replId)));
     // Read again after adoption, which removed the stale records: the young ones left (a start
@@ -593,9 +662,9 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
 
     list,
 
-    stop(replId, graceMs) {
+    stop(replId, graceMs, stopOptions = {}) {
       checkReplId(replId);
-      return serialize(replId, () => stopRunner(replId, graceMs));
+      return serialize(replId, () => stopRunner(replId, graceMs, stopOptions.runnerId));
     },
 
     workspacePath(replId) {

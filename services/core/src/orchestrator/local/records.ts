@@ -1,8 +1,9 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { readdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { readJsonObject, writeJsonFile } from "./json-file.js";
+import { isLauncher, type Launcher } from "./launcher.js";
 
 /**
  * What `<dataDir>/runners/<replId>.json` says about a repl's runner, so that a restarted
@@ -18,6 +19,18 @@ export interface RunnerRecord {
   /** The host pid of the sandbox's outermost process (bwrap, or the runner itself without a sandbox); 0 before the spawn. */
   pid: number;
   startedAtMs: number;
+  /** The core process that launched it: a start whose launcher died is abandoned. */
+  launcher?: Launcher;
+}
+
+/**
+ * What `<dataDir>/standbys/<sandboxId>.json` says about a standby runner: written before its
+ * sandbox is made, so that a core dying while it boots leaves a trace, and so that replicas
+ * sharing the data directory leave each other's standbys alone.
+ */
+export interface StandbyRecord {
+  sandboxId: string;
+  launcher: Launcher;
 }
 
 /**
@@ -34,6 +47,7 @@ export interface WorkspaceRecord {
 }
 
 const replIdPattern = /^repl_[0-9a-z]{26}$/;
+const sandboxIdPattern = /^sbx_[a-z2-7]{12}$/;
 
 /** The records of one data directory: runners (`*.json`) and last workspaces (`*.workspace.json`). */
 export interface RunnerRecords {
@@ -52,16 +66,29 @@ export interface RunnerRecords {
   removeWorkspace(replId: string): Promise<void>;
   /** Every last-workspace record. */
   listWorkspaces(): Promise<WorkspaceRecord[]>;
+  writeStandby(record: StandbyRecord): Promise<void>;
+  removeStandby(sandboxId: string): Promise<void>;
+  /** Every standby record. */
+  listStandbys(): Promise<StandbyRecord[]>;
+  /**
+   * Removes the temporary files of atomic writes (`*.<pid>.tmp`) whose writer is gone: a core
+   * killed in the middle of a write leaves one behind.
+   */
+  sweepTemporary(): Promise<void>;
 }
 
-/** The records under `dir` (`<dataDir>/runners`). Every write is atomic (temporary file, then rename). */
-export function createRunnerRecords(dir: string): RunnerRecords {
+/**
+ * The records under `dir` (`<dataDir>/runners`) and `standbyDir` (`<dataDir>/standbys`). Every
+ * write is atomic (temporary file, then rename).
+ */
+export function createRunnerRecords(dir: string, standbyDir: string): RunnerRecords {
   const runnerPath = (replId: string) => join(dir, `${checkReplId(replId)}.json`);
   const workspacePath = (replId: string) => join(dir, `${checkReplId(replId)}.workspace.json`);
+  const standbyPath = (sandboxId: string) => join(standbyDir, `${checkSandboxId(sandboxId)}.json`);
 
-  const names = async (): Promise<string[]> => {
+  const names = async (folder = dir): Promise<string[]> => {
     try {
-      return await readdir(dir);
+      return await readdir(folder);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === "ENOENT") return [];
       throw error;
@@ -75,6 +102,7 @@ export function createRunnerRecords(dir: string): RunnerRecords {
       const valid =
         record !== undefined &&
         record.replId === replId &&
+        (record.launcher === undefined || isLauncher(record.launcher)) &&
         typeof record.userId === "string" &&
         typeof record.sandboxId === "string" &&
         Number.isInteger(record.pid) &&
@@ -116,6 +144,29 @@ export function createRunnerRecords(dir: string): RunnerRecords {
       const found = await Promise.all(ids.map((replId) => records.readWorkspace(replId)));
       return found.filter((record): record is WorkspaceRecord => record !== undefined);
     },
+    writeStandby: (record) => writeJsonFile(standbyPath(record.sandboxId), record),
+    removeStandby: (sandboxId) => unlink(standbyPath(sandboxId)).catch(() => {}),
+    async listStandbys() {
+      const found: StandbyRecord[] = [];
+      for (const name of await names(standbyDir)) {
+        const sandboxId = name.slice(0, -".json".length);
+        if (!name.endsWith(".json") || !sandboxIdPattern.test(sandboxId)) continue;
+        const record = await readJsonObject(join(standbyDir, name));
+        if (record?.sandboxId === sandboxId && isLauncher(record.launcher))
+          found.push(record as unknown as StandbyRecord);
+        else await unlink(join(standbyDir, name)).catch(() => {});
+      }
+      return found;
+    },
+    async sweepTemporary() {
+      for (const folder of [dir, standbyDir]) {
+        for (const name of await names(folder)) {
+          const writer = /\.(\d+)\.tmp$/.exec(name)?.[1];
+          if (writer === undefined || Number(writer) === process.pid || existsSync(`/proc/${writer}`)) continue;
+          await unlink(join(folder, name)).catch(() => {});
+        }
+      }
+    },
   };
   return records;
 }
@@ -131,6 +182,14 @@ function asWorkspaceRecord(value: unknown, replId: string): WorkspaceRecord | un
     typeof record.dir === "string" &&
     typeof record.workspace === "string";
   return valid ? (record as WorkspaceRecord) : undefined;
+}
+
+/** The sandbox id, or InvalidArgument: ids become file names. */
+function checkSandboxId(sandboxId: string): string {
+  if (!sandboxIdPattern.test(sandboxId)) {
+    throw new ConnectError(`not a sandbox id: ${JSON.stringify(sandboxId)}`, Code.InvalidArgument);
+  }
+  return sandboxId;
 }
 
 /** The repl id, or InvalidArgument: ids become file names. */

@@ -89,6 +89,7 @@ export function createStandbyPool(options: StandbyPoolOptions): StandbyPool {
     standby.runner.waitFor("standby").then(
       () => {
         standby.ready = true;
+        logger.info({ sandboxId: standby.sandbox.id }, "standby ready");
       },
       () => {},
     );
