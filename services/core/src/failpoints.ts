@@ -20,7 +20,11 @@ export type FailpointName =
   /** The local orchestrator handed a standby its repl. */
   | "start-assigned"
   /** A runner is ready and restored; the repl is not recorded running yet. */
-  | "start-ready";
+  | "start-ready"
+  /** A stop drained the runner; its workspace is not saved yet. */
+  | "stop-drained"
+  /** A stop saved the workspace; the runner is not torn down and the repl not recorded stopped yet. */
+  | "stop-saved";
 
 /** Crashes core here if the failpoint is armed. */
 export function failpoint(name: FailpointName): void {

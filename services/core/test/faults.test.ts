@@ -2,8 +2,10 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Client } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ReplService, ReplState } from "@devex/gen/devex/core/v1/repl_pb.js";
+import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { unixEndpoint } from "@devex/kit";
 import { afterAll, describe, expect, it } from "vitest";
 import { runnerSocketName } from "../src/orchestrator/local/runner-process.js";
@@ -77,6 +79,18 @@ async function runnersServing(dir: string, replId: string): Promise<number> {
   return serving;
 }
 
+/** The FilesystemService of a running repl's runner, through core's repl origin. */
+function runnerFiles(access: { endpointUrl: string; token: string } | undefined): Client<typeof FilesystemService> {
+  const auth: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${access?.token ?? ""}`);
+    return next(req);
+  };
+  return createClient(
+    FilesystemService,
+    createGrpcTransport({ baseUrl: access?.endpointUrl ?? "", interceptors: [auth] }),
+  );
+}
+
 /** Leftover temporary files of the data directory's records. */
 async function temporaryFiles(dir: string): Promise<string[]> {
   const found: string[] = [];
@@ -144,6 +158,38 @@ describe("a core killed in the middle of a start", () => {
       expect((await repls.startRepl({ replId })).repl?.state).toBe(ReplState.RUNNING);
       expect(await runnersServing(dir, replId)).toBe(1);
       await repls.stopRepl({ replId });
+      await next.stop();
+    },
+    90_000,
+  );
+});
+
+describe("a core killed in the middle of a stop", () => {
+  it.each(["stop-drained", "stop-saved"])(
+    "at %s: the next core finishes the stop on its first pass, saving the work, and leaves no runner",
+    async (failpoint) => {
+      const dir = await dataDir();
+      const args = ["--runner-standby-count", "0"];
+      const doomed = await core(args, dir, { DEVEX_FAILPOINTS: failpoint });
+      const key = await doomed.devApiKey();
+      const repls = doomed.client(ReplService, key);
+      const { repl } = await repls.createRepl({ name: "crash", templateName: "blank" });
+      const replId = repl?.id ?? "";
+      const started = await repls.startRepl({ replId });
+      await runnerFiles(started.access).writeFile({ path: "work.txt", content: Buffer.from("unsaved work") });
+      await repls.stopRepl({ replId }).catch(() => {});
+      const { child } = doomed.service;
+      await until(async () => child.exitCode !== null || child.signalCode !== null, Boolean, "core to crash", 15_000);
+      expect(doomed.service.output.join("\n")).toContain(`failpoint ${failpoint}`);
+
+      const next = await core(args, dir);
+      const again = next.client(ReplService, key);
+      expect(await stateOf(again, replId)).toBe(ReplState.STOPPED);
+      expect((await liveSandboxes(dir)).size).toBe(0);
+      const restarted = await again.startRepl({ replId });
+      const saved = await runnerFiles(restarted.access).readFile({ path: "work.txt" });
+      expect(Buffer.from(saved.content).toString()).toBe("unsaved work");
+      await again.stopRepl({ replId });
       await next.stop();
     },
     90_000,

@@ -354,6 +354,7 @@ export function createReplLifecycle(options: ReplLifecycleOptions): ReplLifecycl
         );
       }
     }
+    failpoint("stop-saved");
     await stopRunner(replId, stop.graceMs, repl.record.runnerId);
     if (snapshotId !== undefined && restoreWorkspace) {
       // The snapshot holds the workspace now and the next start restores it: the sandbox's copy goes.

@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import { dependencyError } from "../errors.js";
+import { failpoint } from "../failpoints.js";
 import { newId } from "../ids.js";
 import type { RunnerCaller, RunnerTarget } from "../orchestrator/runner-client.js";
 import type { StateStore } from "../state/store.js";
@@ -370,6 +371,7 @@ export function createSnapshots(options: SnapshotsOptions): Snapshots {
           reason: "the repl is stopping; its workspace is being saved",
           ...(signal ? { signal } : {}),
         });
+        failpoint("stop-drained");
         try {
           return await archive(replId, runner, status.version, saveOptions);
         } catch (error) {
