@@ -14,7 +14,9 @@
  * and the runner's memory, idle and with 50 idle sessions. Prints one JSON line per
  * target, then the ratios against the targets. Not a test: figures vary with the machine.
  *
- * Options (environment): BENCH_KEYSTROKES (default 1000), BENCH_MB (default 100).
+ * Options (environment): BENCH_KEYSTROKES (default 1000), BENCH_MB (default 100),
+ * BENCH_RUNNER_NODE_OPTIONS (the runner's Node flags; default "--max-semi-space-size=1", as
+ * deployed: compare, say, "--max-semi-space-size=1 --lite-mode").
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
@@ -349,9 +351,12 @@ async function spawnScript(script: string): Promise<{ child: ReturnType<typeof s
 
 async function startRunner(workspace: string): Promise<{ runner: SpawnedService; token: string }> {
   // The runner as it is deployed: the bundle from `npm run build`, with the flags of `npm run runner`.
-  const runner = await spawnService("runner/dist/main.js", ["--dev", "--workspace", workspace], {}, [
-    "--max-semi-space-size=1",
-  ]);
+  const runner = await spawnService(
+    "runner/dist/main.js",
+    ["--dev", "--workspace", workspace],
+    {},
+    (process.env.BENCH_RUNNER_NODE_OPTIONS ?? "--max-semi-space-size=1").split(" "),
+  );
   const line = runner.output.find((l) => l.includes("user token:"));
   const token = line?.split("user token:")[1]?.trim();
   if (!token) throw new Error(`runner printed no token:\n${runner.output.join("\n")}`);

@@ -269,6 +269,7 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     orchestrator,
     status: runners,
     defaultIdleTimeoutMs: config.idleTimeoutMs,
+    coreId: replicas.coreId,
     logger,
   });
   idle.start(config.idleCheckIntervalMs);

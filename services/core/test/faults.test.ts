@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
+import { type Client, Code, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { ReplService, ReplState } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
@@ -194,6 +194,26 @@ describe("a core killed in the middle of a stop", () => {
     },
     90_000,
   );
+});
+
+describe("a sandbox that cannot be set up", () => {
+  it("fails the start with FAILED and a reason naming the cause, leaving no process behind", async () => {
+    const dir = await dataDir();
+    // A sandbox root under a file: making the sandbox's folders fails with ENOTDIR.
+    const broken = await core(["--runner-standby-count", "0", "--sandbox-root", "/dev/null/sandboxes"], dir);
+    const repls = broken.client(ReplService, await broken.devApiKey());
+    const { repl } = await repls.createRepl({ name: "no-sandbox", templateName: "blank" });
+    const replId = repl?.id ?? "";
+    const error = await repls.startRepl({ replId }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: Code.Unavailable });
+    expect(String(error)).toContain("/dev/null/sandboxes");
+    const failed = (await repls.getRepl({ repl: { case: "replId", value: replId } })).repl;
+    expect(failed?.state).toBe(ReplState.FAILED);
+    expect(failed?.failureReason).toContain("ENOTDIR");
+    expect(await readdir(join(dir, "runners")).catch(() => [])).toEqual([]);
+    expect((await liveSandboxes(dir)).size).toBe(0);
+    await broken.stop();
+  }, 60_000);
 });
 
 describe("core replicas on one Redis and one data directory", () => {

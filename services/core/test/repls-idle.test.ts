@@ -127,6 +127,41 @@ describe("the idle monitor", () => {
     expect((await monitor.checkOnce()).stopped).toEqual([id]);
   });
 
+  it("checks only the repls this replica owns (or no replica owns)", async () => {
+    const mine = await startRepl("mine");
+    const theirs = await startRepl("theirs");
+    const unowned = await startRepl("unowned");
+    for (const [id, owner] of [
+      [mine, "core_a"],
+      [theirs, "core_b"],
+    ] as const) {
+      await h.repository.update(id, (current) => ({ ...current.record, ownerCoreId: owner }));
+    }
+    const replica = createIdleMonitor({
+      lifecycle: h.lifecycle,
+      orchestrator: h.orchestrator,
+      defaultIdleTimeoutMs,
+      now: clock.now,
+      coreId: "core_a",
+      status: {
+        async status(instance) {
+          asked.push(instance);
+          return {
+            replId: instance.replId,
+            attachedClients: 1,
+            sessionCount: 0,
+            runningProcessCount: 0,
+            busySessionCount: 0,
+            lastActivityAtMs: 0,
+            version: "test",
+          };
+        },
+      },
+    });
+    expect((await replica.checkOnce()).checked.sort()).toEqual([mine, unowned].sort());
+    expect(asked.map((instance) => instance.replId)).not.toContain(theirs);
+  });
+
   it("writes activity at most every 30 s per repl", async () => {
     const id = await startRepl("chatty");
     const startedAt = clock.now();

@@ -23,6 +23,11 @@ export interface IdleMonitorOptions {
   statusTimeoutMs?: number;
   /** After this many status failures in a row a repl is logged at warn (the reconciler decides its fate). Default 3. */
   warnAfterFailures?: number;
+  /**
+   * This core replica's id: only the repls it owns (or that no core owns) are checked, so N
+   * replicas do not ask every runner N times. Default: every running repl.
+   */
+  coreId?: string;
   logger?: Logger;
   /** Reads the time; tests move it. Default `Date.now`. */
   now?: () => number;
@@ -80,8 +85,10 @@ export function createIdleMonitor(options: IdleMonitorOptions): IdleMonitor {
     const stops: Promise<void>[] = [];
     const seen = new Set<string>();
     for await (const repl of repository.all()) {
-      const { id, state } = repl.record;
+      const { id, state, ownerCoreId } = repl.record;
       if (state !== "running") continue;
+      // Another replica's repl: its idle monitor checks it (the reconciler claims it if that replica is gone).
+      if (options.coreId && ownerCoreId && ownerCoreId !== options.coreId) continue;
       seen.add(id);
       try {
         const runner = await orchestrator.get(id);
