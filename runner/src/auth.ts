@@ -23,7 +23,8 @@ export interface RunnerIdentity {
 
 /**
  * Requires a runner token on every RPC but health and reflection: a JWT signed by core
- * for this repl, unexpired. RunnerService (the control surface) takes core's own tokens only.
+ * for this repl, unexpired, of role `user` or `core`. RunnerService (the control surface)
+ * takes core's own tokens only, every other service users' tokens only.
  * A standby has no repl until assigned: until then it takes only Assign, with a token for
  * its standby id (FAILED_PRECONDITION for anything else); Assign keeps taking such tokens,
  * so that core can repeat a call whose answer it lost.
@@ -61,8 +62,16 @@ export function createRunnerAuthInterceptor(publicKey: CryptoKey, identity: Runn
       );
     }
     const caller = await verifierFor(audience)(token);
-    if (req.service.typeName === RunnerService.typeName && caller.role !== "core") {
+    // Each token for its own services: core's for the control surface only, a user's for the rest.
+    const control = req.service.typeName === RunnerService.typeName;
+    if (control && caller.role !== "core") {
       throw new ConnectError(`${RunnerService.typeName} is for core only`, Code.PermissionDenied);
+    }
+    if (!control && caller.role !== "user") {
+      throw new ConnectError(
+        `${req.service.typeName} takes a user's token (GetReplAccess), not core's`,
+        Code.PermissionDenied,
+      );
     }
     req.contextValues.set(kCaller, caller);
     return next(req);

@@ -7,8 +7,8 @@ import { ProcessService } from "@devex/gen/devex/runner/v1/process_pb.js";
 import { RunnerService } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { Health } from "@devex/gen/grpc/health/v1/health_pb.js";
-import { signRunnerToken } from "@devex/kit";
-import { generateKeyPair } from "jose";
+import { runnerTokenAlgorithm, runnerTokenIssuer, signRunnerToken } from "@devex/kit";
+import { generateKeyPair, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startTestRunner, type TestRunner } from "./harness.js";
 
@@ -103,10 +103,38 @@ describe("every runner RPC requires a valid token for this repl", async () => {
     }
   });
 
-  it("lets a valid token through (the call then fails or succeeds on its own merits)", async () => {
+  it("keeps the user services for users: core's token gets PERMISSION_DENIED", async () => {
     const authorization = `Bearer ${await t.token("core")}`;
+    for (const { service, method } of methods.filter(({ service }) => service !== RunnerService)) {
+      expect(await call(service, method, authorization), `${service.typeName}/${method.name}`).toBe(
+        Code.PermissionDenied,
+      );
+    }
+  });
+
+  it("refuses a token with any other role (admin, none) with UNAUTHENTICATED on every method", async () => {
+    for (const role of ["admin", undefined]) {
+      const token = await new SignJWT(role === undefined ? {} : { role })
+        .setProtectedHeader({ alg: runnerTokenAlgorithm, typ: "JWT" })
+        .setIssuer(runnerTokenIssuer)
+        .setAudience(t.replId)
+        .setSubject("usr_x")
+        .setIssuedAt()
+        .setExpirationTime(new Date(Date.now() + 60_000))
+        .sign(t.privateKey);
+      for (const { service, method } of methods) {
+        expect(await call(service, method, `Bearer ${token}`), `${role} ${service.typeName}/${method.name}`).toBe(
+          Code.Unauthenticated,
+        );
+      }
+    }
+  });
+
+  it("lets a valid token of the right role through (the call then fails or succeeds on its own merits)", async () => {
+    const user = `Bearer ${await t.token("user")}`;
+    const core = `Bearer ${await t.token("core")}`;
     for (const { service, method } of methods) {
-      const result = await call(service, method, authorization);
+      const result = await call(service, method, service === RunnerService ? core : user);
       expect([Code.Unauthenticated, Code.PermissionDenied], `${service.typeName}/${method.name}`).not.toContain(result);
     }
   });

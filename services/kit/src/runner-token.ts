@@ -70,7 +70,14 @@ export async function verifyRunnerToken(
       error,
     );
   }
-  const role = payload.role === "core" ? "core" : "user";
+  // Only the two roles core issues: a token naming another (or none) is not one of ours to honour.
+  const { role } = payload;
+  if (role !== "core" && role !== "user") {
+    throw new ConnectError(
+      `invalid runner token: role ${JSON.stringify(role ?? null)} is neither "user" nor "core"`,
+      Code.Unauthenticated,
+    );
+  }
   return { replId, userId: String(payload.sub), role, expiresAtMs: Number(payload.exp) * 1000 };
 }
 
