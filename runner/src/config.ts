@@ -148,6 +148,13 @@ export const runnerSettings = {
     description:
       "A Unix socket of core's egress proxy (--sandbox-network allowlist): the runner forwards 127.0.0.1:3128 in the sandbox to it and points programs' HTTP_PROXY/HTTPS_PROXY there. Default: no outbound access.",
   }),
+  maxWatches: setting({
+    flag: "max-watches",
+    env: "DEVEX_RUNNER_MAX_WATCHES",
+    schema: withDefault(integerSchema(1, 10_000), 64),
+    description:
+      "Watch streams (FilesystemService.Watch) open at once; more are refused with RESOURCE_EXHAUSTED. Default 64.",
+  }),
   keepaliveMs: setting({
     flag: "keepalive-ms",
     env: "DEVEX_RUNNER_KEEPALIVE_MS",

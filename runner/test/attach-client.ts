@@ -22,7 +22,15 @@ export class AttachClient {
   private readonly abort = new AbortController();
   private readonly finished: Promise<void>;
 
-  constructor(client: Client<typeof TerminalService>, open: Partial<AttachOpen>, options: { read?: boolean } = {}) {
+  /**
+   * `read: false` stops reading after `attached` until {@link startReading}; `readDelayMs` waits that long
+   * after each output message, like a client slower than the program's output.
+   */
+  constructor(
+    client: Client<typeof TerminalService>,
+    open: Partial<AttachOpen>,
+    options: { read?: boolean; readDelayMs?: number } = {},
+  ) {
     this.requests.push(create(AttachRequestSchema, { kind: { case: "open", value: open as AttachOpen } }));
     const stream = client.attach(this.requests, { signal: this.abort.signal });
     this.finished = (async () => {
@@ -36,6 +44,7 @@ export class AttachClient {
             this.chunks.push(res.event.value.data);
             this.received += res.event.value.data.length;
             this.joined = undefined;
+            if (options.readDelayMs) await new Promise((resolve) => setTimeout(resolve, options.readDelayMs));
           }
         }
       } catch (error) {

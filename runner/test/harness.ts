@@ -61,6 +61,8 @@ export async function startTestRunner(argv: string[] = []): Promise<TestRunner> 
     routes: runner.routes,
     interceptors: runner.interceptors,
     shutdownGraceMs: 1_000,
+    // As the runner's main does: flow control and throughput are tested on uncompressed streams.
+    compression: false,
   });
   const token = (role: "user" | "core" = "user", ttlMs = 60_000) =>
     signRunnerToken(privateKey, { replId, userId: "usr_test", role, ttlMs });

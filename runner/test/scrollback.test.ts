@@ -67,4 +67,20 @@ describe("InputSequencer", () => {
     await expect(sequencer.write("c", 2n, Buffer.from("late"))).rejects.toMatchObject({ code: 10 });
     expect(applied).toEqual([]);
   });
+
+  it("lets a client settle a seq it is unsure of with an empty write: a repeat if applied, a no-op if not", async () => {
+    const applied: string[] = [];
+    const sequencer = new InputSequencer((data) => applied.push(Buffer.from(data).toString()), {
+      waitMs: 50,
+      maxClients: 8,
+    });
+    // Seq 1 was applied (its answer lost), seq 2 never arrived: both are settled, and seq 3 goes on at once.
+    await sequencer.write("d", 1n, Buffer.from("one"));
+    expect(await sequencer.write("d", 1n, new Uint8Array(0))).toBe(2n);
+    expect(await sequencer.write("d", 2n, new Uint8Array(0))).toBe(3n);
+    expect(await sequencer.write("d", 3n, Buffer.from("three"))).toBe(4n);
+    // The write that never arrived comes late: a repeat, not applied out of order.
+    expect(await sequencer.write("d", 2n, Buffer.from("two"))).toBe(4n);
+    expect(applied).toEqual(["one", "", "three"]);
+  });
 });

@@ -185,7 +185,8 @@ describe("Attach", () => {
     expect(full.join("\n")).toContain("3 saved third");
     const screen = await terminal.getScreen({ sessionId: id });
     expect(screen.alternateScreen).toBe(true);
-    expect(screen.lines).toEqual(full);
+    // GetScreen drops trailing spaces, the ones vim clears its lines with too.
+    expect(screen.lines).toEqual(full.map((line) => line.replace(/ +$/, "")));
     a.type(":q!\r");
     await a.until((c) => c.done, "vim exits");
     await b.until((c) => c.done, "vim exits for the late client");
@@ -276,6 +277,45 @@ describe("Attach", () => {
     expect(ConnectError.from(notOpen.error).code).toBe(Code.InvalidArgument);
     await terminal.closeSession({ sessionId: id, force: true });
   });
+
+  it("detaches a client that closes its side, once the answer to its last input has come; the session runs on", async () => {
+    const id = newId();
+    const c = new AttachClient(terminal, {
+      target: { case: "create", value: { sessionId: id, command: plainBash } } as never,
+    });
+    await c.until((x) => x.of("attached").length === 1, "attached");
+    expect((await terminal.getSession({ sessionId: id })).session?.attachedClients).toBe(1);
+    c.type("sleep 0.5; echo half-$((6*7))\r");
+    const began = Date.now();
+    await c.finish();
+    expect(c.error).toBeUndefined();
+    expect(c.text).toContain("half-42");
+    expect(c.of("exit")).toHaveLength(0);
+    // Two seconds with nothing to send, not the ten-second limit.
+    expect(Date.now() - began).toBeLessThan(8_000);
+    const { session } = await terminal.getSession({ sessionId: id });
+    expect(session?.attachedClients).toBe(0);
+    expect(session?.state).toBe(SessionState.RUNNING);
+    await terminal.closeSession({ sessionId: id, force: true });
+  });
+
+  it("detaches a client that closes its side at the latest after ten seconds, however busy the program", async () => {
+    const id = newId();
+    const c = new AttachClient(terminal, {
+      target: {
+        case: "create",
+        value: { sessionId: id, command: ["bash", "-c", "while :; do echo busy; sleep 0.2; done"] },
+      } as never,
+    });
+    await c.waitForText("busy");
+    const began = Date.now();
+    await c.finish();
+    expect(c.error).toBeUndefined();
+    expect(Date.now() - began).toBeGreaterThan(9_000);
+    expect(Date.now() - began).toBeLessThan(12_000);
+    expect((await terminal.getSession({ sessionId: id })).session?.attachedClients).toBe(0);
+    await terminal.closeSession({ sessionId: id, force: true });
+  }, 20_000);
 });
 
 describe("the browser form", () => {
@@ -347,6 +387,39 @@ describe("sessions", () => {
     expect(closed.session?.exit?.signal).toBe("SIGTERM");
     await expect(terminal.getSession({ sessionId: ids[0] as string })).rejects.toMatchObject({ code: Code.NotFound });
     for (const id of ids.slice(1)) await terminal.closeSession({ sessionId: id, force: true });
+  });
+
+  it("says why a session ended: exited when its program ends by itself, closed after CloseSession", async () => {
+    const exitsId = newId();
+    const exits = new AttachClient(terminal, {
+      target: { case: "create", value: { sessionId: exitsId, command: ["bash", "-c", "sleep 0.2; exit 3"] } } as never,
+    });
+    const closedId = newId();
+    const closed = new AttachClient(terminal, {
+      target: { case: "create", value: { sessionId: closedId, command: ["sleep", "30"] } } as never,
+    });
+    await closed.until((x) => x.of("attached").length === 1, "attached");
+    await terminal.closeSession({ sessionId: closedId });
+    for (const c of [exits, closed]) await c.until((x) => x.of("exit").length === 1, "exit");
+    expect(exits.of("exit")[0]?.status?.exitCode).toBe(3);
+    expect(exits.of("exit")[0]?.reason).toBe("exited");
+    expect(closed.of("exit")[0]?.reason).toBe("closed");
+    await terminal.closeSession({ sessionId: exitsId });
+  });
+
+  it("gives the screen as text without trailing spaces, those a program wrote included", async () => {
+    const id = newId();
+    await terminal.createSession({
+      spec: { sessionId: id, command: ["bash", "-c", "printf 'a  b   \\r\\n     \\r\\nend'; sleep 30"] },
+    });
+    let lines: string[] = [];
+    const deadline = Date.now() + 10_000;
+    while (!lines[2]?.startsWith("end") && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      lines = (await terminal.getScreen({ sessionId: id })).lines;
+    }
+    expect(lines.slice(0, 3)).toEqual(["a  b", "", "end"]);
+    await terminal.closeSession({ sessionId: id, force: true });
   });
 
   it("ends a session left without a client for its detached lifetime", async () => {

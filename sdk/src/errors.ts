@@ -194,6 +194,32 @@ export function defaultMapError(error: ConnectError): DevexError {
   }
 }
 
+/**
+ * The messages of the TypeError `fetch` rejects with when no server answered (connection refused or reset,
+ * no such host, offline), by engine. connect-web passes that TypeError on with code unknown.
+ */
+const fetchNetworkFailures = new Set([
+  "Failed to fetch", // Chromium
+  "NetworkError when attempting to fetch resource.", // Firefox
+  "Load failed", // Safari
+  "fetch failed", // Node's fetch
+]);
+
+/** A failure of `fetch` to reach the server, as code unavailable; any other error as it is. */
+function networkFailureAsUnavailable(error: ConnectError): ConnectError {
+  const cause = error.cause;
+  if (error.code !== Code.Unknown || !(cause instanceof TypeError) || !fetchNetworkFailures.has(cause.message)) {
+    return error;
+  }
+  return new ConnectError(
+    `the server could not be reached (${cause.message})`,
+    Code.Unavailable,
+    error.metadata,
+    [],
+    cause,
+  );
+}
+
 /** Turns anything a call threw into a DevexError, through the client's mapping. */
 export function toDevexError(
   error: unknown,
@@ -204,5 +230,5 @@ export function toDevexError(
   if (signal?.aborted) {
     return new CancelledError("the call was cancelled by its AbortSignal", { cause: signal.reason });
   }
-  return mapError(ConnectError.from(error));
+  return mapError(networkFailureAsUnavailable(ConnectError.from(error)));
 }

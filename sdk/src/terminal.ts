@@ -1,12 +1,19 @@
-import { create } from "@bufbuild/protobuf";
+import { create, getOption } from "@bufbuild/protobuf";
+import { field } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import type { AttachResponse, StreamOutputResponse } from "@devex/gen/devex/runner/v1/terminal_pb.js";
-import { type AttachRequest, AttachRequestSchema, SessionState } from "@devex/gen/devex/runner/v1/terminal_pb.js";
+import {
+  type AttachRequest,
+  AttachRequestSchema,
+  SessionState,
+  WriteInputRequestSchema,
+} from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { toExit } from "./convert.js";
 import { CancelledError } from "./errors.js";
 import { AsyncQueue } from "./internal/async-queue.js";
-import { allPages, type Context, sleep } from "./internal/context.js";
+import { allPages, type Context } from "./internal/context.js";
 import { Reattach } from "./internal/reattach.js";
 import { isUnauthenticated, type RunnerConnection } from "./internal/runner-connection.js";
+import { SequencedInput } from "./internal/sequenced-input.js";
 import type {
   CallOptions,
   ConnectTerminalOptions,
@@ -14,21 +21,30 @@ import type {
   TerminalExit,
   TerminalHandle,
   TerminalInfo,
+  TerminalLag,
   TerminalOutputOptions,
   Terminals,
 } from "./types.js";
 
 const encoder = new TextEncoder();
 
-/** How long `disconnect` waits for the input already queued on an Attach stream to be sent, in ms. */
-const drainTimeoutMs = 1_000;
+/** The most bytes one WriteInput takes: the proto's validation rule on its `data` (1 MiB). */
+const maxWriteBytes = (() => {
+  const rules = getOption(WriteInputRequestSchema.field.data, field).type;
+  return rules.case === "bytes" && rules.value.maxLen ? Number(rules.value.maxLen) : 1_048_576;
+})();
 
 type TerminalEvent = AttachResponse["event"] | StreamOutputResponse["event"];
 
-/** Where a stream's output starts: replay from an offset, or a screen snapshot. */
+/** A full reset (RIS): what a terminal fed by `onData` needs before a snapshot redraws it after a gap. */
+const fullReset = new Uint8Array([0x1b, 0x63]);
+
+/**
+ * Where a stream's output starts: replay from an offset, or else a screen snapshot (of the current screen
+ * without an offset; in place of what has left the scrollback with one).
+ */
 interface StartAt {
   fromOffset?: bigint;
-  screenSnapshot?: boolean;
   /** Resize the session to this before attaching (the first open of connect). */
   size?: { cols: number; rows: number };
 }
@@ -64,8 +80,7 @@ export class TerminalsModule implements Terminals {
 
   async connect(sessionId: string, options: ConnectTerminalOptions = {}): Promise<TerminalHandle> {
     const handle = new TerminalSession(this.context, this.runner, sessionId, options);
-    const startAt: StartAt =
-      options.fromOffset === undefined ? { screenSnapshot: true } : { fromOffset: BigInt(options.fromOffset) };
+    const startAt: StartAt = options.fromOffset === undefined ? {} : { fromOffset: BigInt(options.fromOffset) };
     if (options.cols !== undefined && options.rows !== undefined)
       startAt.size = { cols: options.cols, rows: options.rows };
     await handle.attach(startAt, options.signal);
@@ -96,16 +111,18 @@ export class TerminalsModule implements Terminals {
 /**
  * One attached client of a session. Output comes from Attach (Node, HTTP/2) or StreamOutput (browsers); a
  * dropped stream is reopened from the offset of the next byte not yet delivered, so `onData` receives every
- * byte exactly once and in order. Input goes over the Attach stream while it is up, otherwise (and in
- * browsers) through WriteInput with this client's id and a sequence number, so the runner applies each
- * write once and in order.
+ * byte exactly once and in order, unless the runner skipped some (`lagged`, or a reattach too late for the
+ * scrollback): then `onLag` says how many, and `onData` receives a redraw of the screen. Input goes through WriteInput with this client's id and a sequence
+ * number (see {@link SequencedInput}): its answer confirms that the runner applied it, and a write sent
+ * again after a failure is applied once. The Attach stream carries no input, since nothing there
+ * acknowledges it.
  */
 class TerminalSession implements TerminalHandle {
   private nextOffset = 0n;
-  private input: AsyncQueue<AttachRequest> | undefined;
+  /** The offset the stream being opened was asked to start from, if any. */
+  private askedFrom: bigint | undefined;
   private readonly clientId = crypto.randomUUID();
-  private seq = 0n;
-  private writes: Promise<void> = Promise.resolve();
+  private readonly input: SequencedInput;
   private readonly detach = new AbortController();
   private detaching = false;
   private readonly exit: Promise<TerminalExit>;
@@ -121,6 +138,17 @@ class TerminalSession implements TerminalHandle {
       this.settle = { resolve, reject };
     });
     this.exit.catch(() => {});
+    this.input = new SequencedInput(
+      (data, seq) =>
+        this.runner
+          .call(
+            ({ terminals }, call) =>
+              terminals.writeInput({ sessionId: this.id, data, clientId: this.clientId, seq }, call),
+            undefined,
+          )
+          .then(() => {}),
+      { maxChunkBytes: maxWriteBytes, retryTimeoutMs: context.reconnectTimeoutMs, signal: this.detach.signal },
+    );
   }
 
   get offset(): number {
@@ -145,10 +173,13 @@ class TerminalSession implements TerminalHandle {
   /** A stream of the session's output from `startAt`: Attach where the transport has full duplex, else StreamOutput. */
   private async open(startAt: StartAt, signal: AbortSignal): Promise<AsyncIterator<TerminalEvent>> {
     const { terminals } = await this.runner.clients(signal);
+    // Snapshots always: the runner sends one only where raw replay cannot be had (the start of connect without
+    // an offset, an offset that left the scrollback, a gap after this client fell behind others).
     const replay = {
-      screenSnapshot: startAt.screenSnapshot ?? false,
+      screenSnapshot: true,
       ...(startAt.fromOffset === undefined ? {} : { fromOffset: startAt.fromOffset }),
     };
+    this.askedFrom = startAt.fromOffset;
     if (!this.context.platform.fullDuplex) {
       // StreamOutput takes no size: the session is resized first.
       if (startAt.size) await terminals.resizeSession({ sessionId: this.id, ...startAt.size }, { signal });
@@ -168,26 +199,19 @@ class TerminalSession implements TerminalHandle {
     );
     signal.addEventListener("abort", () => requests.close(), { once: true });
     const responses = terminals.attach(requests, { signal })[Symbol.asyncIterator]();
-    const input = requests;
-    // Input uses this stream only once it is attached, and never after it failed.
+    // The request side carries only `open`; it ends with the stream.
     return {
       next: async () => {
         try {
           const next = await responses.next();
-          if (!next.done && next.value.event.case === "attached") this.input = input;
-          if (next.done) this.dropInput(input);
+          if (next.done) requests.close();
           return next.done ? next : { done: false, value: next.value.event };
         } catch (error) {
-          this.dropInput(input);
+          requests.close();
           throw error;
         }
       },
     };
-  }
-
-  private dropInput(input: AsyncQueue<AttachRequest>): void {
-    input.close();
-    if (this.input === input) this.input = undefined;
   }
 
   /** Reads streams until the program exits, reattaching from nextOffset after a drop. */
@@ -235,9 +259,11 @@ class TerminalSession implements TerminalHandle {
   private handle(event: TerminalEvent): TerminalExit | undefined {
     switch (event.case) {
       case "attached": {
-        const snapshot = event.value.snapshot;
-        if (snapshot && snapshot.data.length > 0) this.output.onData?.(snapshot.data);
-        this.nextOffset = event.value.offset;
+        const { offset, snapshot } = event.value;
+        // Output from an offset asked for that starts later is a gap; a snapshot without one is the screen asked for.
+        if (this.askedFrom !== undefined && offset > this.askedFrom) this.skip(this.askedFrom, offset, snapshot?.data);
+        else if (snapshot && snapshot.data.length > 0) this.output.onData?.(snapshot.data);
+        this.nextOffset = offset;
         return undefined;
       }
       case "output": {
@@ -250,7 +276,7 @@ class TerminalSession implements TerminalHandle {
         return undefined;
       }
       case "lagged":
-        if (event.value.snapshot) this.output.onData?.(event.value.snapshot.data);
+        this.skip(event.value.skippedFromOffset, event.value.resumeOffset, event.value.snapshot?.data);
         this.nextOffset = event.value.resumeOffset;
         return undefined;
       case "exit":
@@ -260,24 +286,23 @@ class TerminalSession implements TerminalHandle {
     }
   }
 
+  /** Tells `onLag` that the output from `from` to `resume` was skipped, then redraws the screen if a snapshot came. */
+  private skip(from: bigint, resume: bigint, snapshot: Uint8Array | undefined): void {
+    const redraw = snapshot !== undefined && snapshot.length > 0;
+    const lag: TerminalLag = {
+      skippedBytes: Number(resume - from),
+      fromOffset: Number(from),
+      resumeOffset: Number(resume),
+      snapshot: redraw,
+    };
+    this.output.onLag?.(lag);
+    if (!redraw) return;
+    this.output.onData?.(fullReset);
+    this.output.onData?.(snapshot);
+  }
+
   write(data: string | Uint8Array): Promise<void> {
-    const bytes = typeof data === "string" ? encoder.encode(data) : data;
-    // Chained, so that writes keep their order whichever way each one goes.
-    const write = this.writes.then(async () => {
-      if (this.input) {
-        this.input.push(create(AttachRequestSchema, { kind: { case: "input", value: { data: bytes } } }));
-        return;
-      }
-      this.seq += 1n;
-      const seq = this.seq;
-      await this.runner.call(
-        ({ terminals }, call) =>
-          terminals.writeInput({ sessionId: this.id, data: bytes, clientId: this.clientId, seq }, call),
-        undefined,
-      );
-    });
-    this.writes = write.catch(() => {});
-    return write;
+    return this.input.write(typeof data === "string" ? encoder.encode(data) : data);
   }
 
   async resize(cols: number, rows: number): Promise<void> {
@@ -292,15 +317,8 @@ class TerminalSession implements TerminalHandle {
   }
 
   async disconnect(): Promise<void> {
-    await this.writes;
+    await this.input.settled();
     this.detaching = true;
-    const input = this.input;
-    this.input = undefined;
-    if (input) {
-      // The input already queued goes out before the stream is cut.
-      input.close();
-      await Promise.race([input.drained, sleep(drainTimeoutMs)]);
-    }
     this.detach.abort();
     await this.exit.catch(() => {});
   }

@@ -17,7 +17,9 @@ export interface DevexOptions {
   lifecycleTimeoutMs?: number;
   /**
    * How long a dropped terminal or command stream keeps trying to reattach, in ms, counted from the drop;
-   * default 30000. Past it the handle's `wait()` rejects with the last error.
+   * default 30000. Past it the handle's `wait()` rejects with the last error. A terminal `write` that cannot
+   * reach the runner is retried for as long, counted from its first failure, then rejects with
+   * {@link UnavailableError}.
    */
   reconnectTimeoutMs?: number;
   /** Maps Connect errors to SDK errors (override or extend {@link defaultMapError}). */
@@ -369,10 +371,38 @@ export interface TerminalExit {
   signal?: string;
 }
 
+/**
+ * Output a terminal handle skipped, as {@link TerminalOutputOptions.onLag} receives it. Offsets count the
+ * session's output bytes from 0.
+ */
+export interface TerminalLag {
+  /** How many output bytes `onData` did not receive: `resumeOffset - fromOffset`. */
+  skippedBytes: number;
+  /** The offset of the first byte skipped. */
+  fromOffset: number;
+  /** The offset where output continues. */
+  resumeOffset: number;
+  /**
+   * Whether `onData` receives a redraw next: a full reset (`ESC c`) then the screen as of `resumeOffset`, so
+   * a terminal emulator fed by `onData` shows what it would have shown without the gap.
+   */
+  snapshot: boolean;
+}
+
 /** Output callbacks of a terminal handle. */
 export interface TerminalOutputOptions {
-  /** Receives output bytes in order, each exactly once, across automatic reattaches. */
+  /**
+   * Receives output bytes in order, each exactly once, across automatic reattaches, unless `onLag` says how
+   * many were skipped.
+   */
   onData?: (data: Uint8Array) => void;
+  /**
+   * Called when output is skipped: this handle fell behind the session's other, faster clients by more than
+   * the runner's scrollback (1 MiB by default), or a reattach came after the output it missed had left the
+   * scrollback. Called before `onData` receives the redraw, if any. The only client of a session is never
+   * skipped: the program waits for it, as it would for a real terminal.
+   */
+  onLag?: (lag: TerminalLag) => void;
   /** Called once when the program exits. */
   onExit?: (exit: TerminalExit) => void;
 }
@@ -440,14 +470,20 @@ export interface Terminals {
 
 /**
  * An attached terminal session. A dropped connection is reattached automatically from {@link offset}, so
- * `onData` receives every byte exactly once and in order.
+ * `onData` receives every byte exactly once and in order, unless `onLag` says how many were skipped.
  */
 export interface TerminalHandle {
   /** The session id. */
   readonly id: string;
   /** Output offset of the next byte this handle will receive. */
   readonly offset: number;
-  /** Sends input (keystrokes; text as UTF-8). */
+  /**
+   * Sends input (keystrokes; text as UTF-8) after the writes before it. Resolves once the runner has handed
+   * all of it to the terminal, exactly once; larger writes than one call takes are sent in parts. While the
+   * runner cannot be reached it is retried (applied once however often it is sent) for `reconnectTimeoutMs`,
+   * then rejects with {@link UnavailableError}; it rejects at once if the program has exited. A rejected
+   * write never holds up the writes after it.
+   */
   write(data: string | Uint8Array): Promise<void>;
   /** Sets the terminal size. */
   resize(cols: number, rows: number): Promise<void>;

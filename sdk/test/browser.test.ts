@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { build } from "esbuild";
 import puppeteer, { type Browser } from "puppeteer-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { BrowserInputResult } from "./support/browser-input-page.js";
 import type { BrowserPageResult } from "./support/browser-page.js";
 import { type LiveCore, startLiveCore, uniqueName } from "./support/live.js";
 
@@ -18,13 +19,13 @@ let pageServer: http.Server | undefined;
 let browser: Browser | undefined;
 let pageOrigin: string;
 
-/** Bundles the page script as a browser would load it: `@devex/sdk` resolves through the `browser` export. */
-async function bundlePage(): Promise<string> {
+/** Bundles a page script as a browser would load it: `@devex/sdk` resolves through the `browser` export. */
+async function bundlePage(entry: string): Promise<string> {
   if (!existsSync(join(sdkDir, "dist/browser.js"))) {
     execFileSync("npm", ["run", "build", "-w", "sdk"], { cwd: join(sdkDir, ".."), stdio: "inherit" });
   }
   const result = await build({
-    entryPoints: [join(sdkDir, "test/support/browser-page.ts")],
+    entryPoints: [join(sdkDir, "test/support", entry)],
     bundle: true,
     write: false,
     format: "esm",
@@ -42,13 +43,20 @@ beforeAll(async () => {
   if (!existsSync(chromiumPath)) {
     throw new Error(`Chromium is missing at ${chromiumPath}: install it (apt-get install chromium) to run this test`);
   }
-  const script = await bundlePage();
-  const html =
-    '<!doctype html><meta charset="utf-8"><title>devex sdk</title><script type="module" src="/page.js"></script>';
+  // Each page: its path, and the script it loads.
+  const pages = new Map([
+    ["/", { src: "/page.js", script: await bundlePage("browser-page.ts") }],
+    ["/input", { src: "/input-page.js", script: await bundlePage("browser-input-page.ts") }],
+  ]);
+  const scripts = new Map([...pages.values()].map((page) => [page.src, page.script]));
+  const html = (src: string) =>
+    `<!doctype html><meta charset="utf-8"><title>devex sdk</title><script type="module" src="${src}"></script>`;
   pageServer = http.createServer((req, res) => {
     const path = new URL(req.url ?? "/", "http://page").pathname;
-    if (path === "/") res.writeHead(200, { "content-type": "text/html; charset=utf-8" }).end(html);
-    else if (path === "/page.js") res.writeHead(200, { "content-type": "text/javascript" }).end(script);
+    const page = pages.get(path);
+    const script = scripts.get(path);
+    if (page) res.writeHead(200, { "content-type": "text/html; charset=utf-8" }).end(html(page.src));
+    else if (script) res.writeHead(200, { "content-type": "text/javascript" }).end(script);
     else res.writeHead(404).end();
   });
   await new Promise<void>((resolve) => pageServer?.listen(0, "127.0.0.1", resolve));
@@ -100,4 +108,49 @@ describe("the SDK in a real browser", () => {
     // The page is on another origin than core's API and repl origin: every call went through CORS.
     expect(new URL(live.core.url).origin).not.toBe(pageOrigin);
   });
+
+  it("delivers an over-size write and writes whose request or answer failed, once each and in order, with no wait; a refused connection is UnavailableError", async () => {
+    if (!live || !browser) throw new Error("setup failed");
+    const page = await browser.newPage();
+    const consoleLines: string[] = [];
+    page.on("pageerror", (error) => consoleLines.push(`pageerror: ${String(error)}`));
+    // A port where nothing listens.
+    const closed = http.createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const closedPort = (closed.address() as AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+    const fragment = new URLSearchParams({
+      baseUrl: live.core.url,
+      apiKey: live.apiKey,
+      replName: uniqueName("browser-input"),
+      closedPort: String(closedPort),
+    });
+    await page.goto(`${pageOrigin}/input#${fragment}`);
+    await page.waitForFunction(() => "__devexInputResult" in globalThis, { timeout: 80_000 });
+    const result = (await page.evaluate(
+      () => (globalThis as { __devexInputResult?: unknown }).__devexInputResult,
+    )) as BrowserInputResult;
+
+    expect(result.error, consoleLines.join("\n")).toBeUndefined();
+    expect(result.refused).toEqual({ name: "UnavailableError", code: "unavailable" });
+    // Every write resolved, and none waited for a write before it that was never coming (10 s).
+    for (const write of result.writes ?? []) {
+      expect(write, write.label).toMatchObject({ outcome: "resolved" });
+      expect(write.ms, write.label).toBeLessThan(3_000);
+    }
+    expect(result.writes?.map((write) => write.label)).toEqual([
+      "over-size",
+      "after over-size",
+      "request failed",
+      "answer lost",
+      "after the failures",
+    ]);
+    // The program received every byte once, in order.
+    expect(result.received).toEqual({
+      sizeBytes: 1024 * 1024 + 16 + 8,
+      expectedBytes: 1024 * 1024 + 16 + 8,
+      identical: true,
+      tail: "a|b|c|d|",
+    });
+  }, 90_000);
 });

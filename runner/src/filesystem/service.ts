@@ -46,6 +46,8 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
   const resolver = new Resolver(ctx.workspace);
   const tokens = new PageTokens();
   const watches = new Set<Watch>();
+  /** Watch calls open now, starting ones included; at most `config.maxWatches`. */
+  let openWatches = 0;
 
   /** Runs a handler, turning a stray filesystem error into a Connect error that names the path. */
   const guard = async <T>(path: string, fn: () => Promise<T>): Promise<T> => {
@@ -245,20 +247,34 @@ export function createFilesystemService(ctx: RunnerContext): FilesystemPart {
       }),
 
     async *watch(req, handlerContext) {
-      const watch = await guard(req.path, () =>
-        startWatch(req, {
-          resolver,
-          logger: ctx.logger,
-          keepaliveMs: ctx.config.keepaliveMs,
-          signal: handlerContext.signal,
-        }),
-      );
-      watches.add(watch);
+      // Counted from the start, not once started: indexing a large tree takes a while, and
+      // every watch that waits for it holds kernel watches and memory too.
+      const { maxWatches } = ctx.config;
+      if (openWatches >= maxWatches) {
+        throw new ConnectError(
+          `too many watches: a repl may have ${maxWatches} open at once (the runner's --max-watches); end one first, or watch a common parent directory`,
+          Code.ResourceExhausted,
+        );
+      }
+      openWatches++;
       try {
-        yield* watch.messages;
+        const watch = await guard(req.path, () =>
+          startWatch(req, {
+            resolver,
+            logger: ctx.logger,
+            keepaliveMs: ctx.config.keepaliveMs,
+            signal: handlerContext.signal,
+          }),
+        );
+        watches.add(watch);
+        try {
+          yield* watch.messages;
+        } finally {
+          watch.close();
+          watches.delete(watch);
+        }
       } finally {
-        watch.close();
-        watches.delete(watch);
+        openWatches--;
       }
     },
 

@@ -34,13 +34,13 @@ export type StartedChild = ChildProcess & { pid: number };
 export async function startChild(spec: SpawnSpec): Promise<StartedChild> {
   const program = spec.argv[0] ?? "";
   if (spec.cgroups.length === 0) {
-    const child = spawnDetached(spec.argv, spec, false);
+    const child = spawnDetached(spec.argv, spec, false, program);
     if (child.pid === undefined) throw await spawnFailure(child, program);
     return child as StartedChild;
   }
   // Behind the shim, a missing program would show only as exit status 127.
   await assertExecutable(program, spec.cwd, spec.env.PATH ?? "");
-  const child = spawnDetached(cgroupShimCommand(spec.cgroups, spec.argv, "status-fd"), spec, true);
+  const child = spawnDetached(cgroupShimCommand(spec.cgroups, spec.argv, "status-fd"), spec, true, program);
   if (child.pid === undefined) throw await spawnFailure(child, "/bin/sh");
   try {
     await awaitCgroupShim(child.stdio[3] as Readable, program);
@@ -53,38 +53,55 @@ export async function startChild(spec: SpawnSpec): Promise<StartedChild> {
   return child as StartedChild;
 }
 
-/** Spawns `argv` as `spec` says; `statusPipe` adds a pipe on descriptor 3 (the shim's status). */
-function spawnDetached(argv: string[], spec: SpawnSpec, statusPipe: boolean): ChildProcess {
-  const [program = "", ...args] = argv;
-  return spawn(program, args, {
-    cwd: spec.cwd,
-    env: spec.env,
-    stdio: [spec.stdin ? "pipe" : "ignore", "pipe", "pipe", ...(statusPipe ? ["pipe" as const] : [])],
-    detached: true,
-  });
+/**
+ * Spawns `argv` as `spec` says; `statusPipe` adds a pipe on descriptor 3 (the shim's status).
+ * Node throws at once for the errors it does not expect (E2BIG, ENAMETOOLONG): they are
+ * mapped like the ones it reports later, naming `program`.
+ */
+function spawnDetached(argv: string[], spec: SpawnSpec, statusPipe: boolean, program: string): ChildProcess {
+  const [file = "", ...args] = argv;
+  try {
+    return spawn(file, args, {
+      cwd: spec.cwd,
+      env: spec.env,
+      stdio: [spec.stdin ? "pipe" : "ignore", "pipe", "pipe", ...(statusPipe ? ["pipe" as const] : [])],
+      detached: true,
+    });
+  } catch (error) {
+    throw spawnError(error as NodeJS.ErrnoException, program);
+  }
 }
 
 /** The error of a child that could not be spawned (its `pid` is undefined), as the contract names it. */
 function spawnFailure(child: ChildProcess, program: string): Promise<ConnectError> {
   return new Promise((resolve) => {
-    child.once("error", (error: NodeJS.ErrnoException) => {
-      const code = error.code ?? "unknown error";
-      switch (code) {
-        case "ENOENT":
-          resolve(new ConnectError(`executable "${program}" not found`, Code.NotFound, undefined, undefined, error));
-          return;
-        case "EAGAIN":
-        case "ENOMEM":
-          resolve(
-            new ConnectError(`cannot start "${program}": ${code}`, Code.ResourceExhausted, undefined, undefined, error),
-          );
-          return;
-        default:
-          // EACCES, ENOEXEC, EISDIR, E2BIG...: the program exists but cannot be run like this.
-          resolve(
-            new ConnectError(`cannot run "${program}": ${code}`, Code.FailedPrecondition, undefined, undefined, error),
-          );
-      }
-    });
+    child.once("error", (error: NodeJS.ErrnoException) => resolve(spawnError(error, program)));
   });
+}
+
+/** What a spawn errno means for the caller: its code, and its message given the quoted program. */
+const byErrno: Record<string, [Code, (program: string) => string]> = {
+  ENOENT: [Code.NotFound, (program) => `executable ${program} not found`],
+  EAGAIN: [Code.ResourceExhausted, (program) => `cannot start ${program}: EAGAIN`],
+  ENOMEM: [Code.ResourceExhausted, (program) => `cannot start ${program}: ENOMEM`],
+  // Limits Linux enforces on execve: the request is what is wrong, whatever the program.
+  E2BIG: [
+    Code.InvalidArgument,
+    (program) =>
+      `cannot run ${program}: an argument or environment variable is over Linux's limit of 131,071 bytes, or all of them are over the total (about 2 MiB): E2BIG`,
+  ],
+  ENAMETOOLONG: [
+    Code.InvalidArgument,
+    (program) =>
+      `cannot run ${program}: the program's path is over Linux's limit (4,095 bytes, 255 per path component): ENAMETOOLONG`,
+  ],
+};
+
+/** Maps a spawn error to a ConnectError; EACCES, ENOEXEC, EISDIR...: the program exists but cannot be run like this. */
+function spawnError(error: NodeJS.ErrnoException, program: string): ConnectError {
+  const code = error.code ?? "unknown error";
+  // A name over a limit is not echoed whole.
+  const quoted = JSON.stringify(program.length > 256 ? `${program.slice(0, 256)}…` : program);
+  const [connectCode, phrase] = byErrno[code] ?? [Code.FailedPrecondition, (p: string) => `cannot run ${p}: ${code}`];
+  return new ConnectError(phrase(quoted), connectCode, undefined, undefined, error);
 }

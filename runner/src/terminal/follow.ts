@@ -88,8 +88,10 @@ function snapshotMessage(state: ScreenState): ScreenSnapshot {
 
 /**
  * The events of one client reading a session from `start`: output in order from its own
- * cursor in the shared scrollback (so it never holds up the PTY or other clients), resizes,
- * keepalives after silence, `lagged` if it fell out of the scrollback, and the exit.
+ * cursor in the shared scrollback, resizes, keepalives after silence, `lagged` if it fell out
+ * of the scrollback, and the exit. Its cursor moves when the stream takes the next message (a
+ * server stream pulls only once the transport has room), and the session's backpressure
+ * pauses the PTY while every client's cursor is behind, so a sole client never lags.
  */
 export async function* follow(
   session: TerminalSession,
@@ -110,7 +112,13 @@ export async function* follow(
   };
   let keepaliveTimer: NodeJS.Timeout | undefined;
   const unwatch = session.watch(notify);
-  options.signal.addEventListener("abort", notify, { once: true });
+  const position = session.backpressure.track(cursor);
+  // A client gone while the PTY waits for it lets the PTY go at once, whatever the stream does next.
+  const gone = () => {
+    position.close();
+    notify();
+  };
+  options.signal.addEventListener("abort", gone, { once: true });
   // Lets a pong that is ready cut short a wait for output.
   options.extra?.onReady(notify);
   try {
@@ -146,6 +154,7 @@ export async function* follow(
           } else {
             cursor = scrollback.start;
           }
+          position.advance(cursor);
           lastSent = Date.now();
           yield {
             case: "lagged",
@@ -159,12 +168,13 @@ export async function* follow(
           continue;
         }
         if (scrollback.end - cursor >= bulkBytes && scrollback.end - cursor < maxChunkBytes) {
-          await new Promise((resolve) => setTimeout(resolve, bulkDelayMs));
+          await bulkWait(session);
           if (cursor < scrollback.start) continue;
         }
         const data = scrollback.read(cursor, maxChunkBytes);
         const offset = cursor;
         cursor += data.length;
+        position.advance(cursor);
         lastSent = Date.now();
         yield { case: "output", value: { $typeName: "devex.runner.v1.SessionOutput", data, offset: BigInt(offset) } };
         continue;
@@ -200,7 +210,27 @@ export async function* follow(
     }
   } finally {
     unwatch();
-    options.signal.removeEventListener("abort", notify);
+    position.close();
+    options.signal.removeEventListener("abort", gone);
     clearTimeout(keepaliveTimer);
   }
+}
+
+/**
+ * Waits {@link bulkDelayMs} for more output to batch, or less if the PTY pauses meanwhile: a paused
+ * PTY sends nothing more until this client reads what is there.
+ */
+function bulkWait(session: TerminalSession): Promise<void> {
+  if (session.backpressure.isPaused) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      unwatch();
+      resolve();
+    };
+    const timer = setTimeout(done, bulkDelayMs);
+    const unwatch = session.watch(() => {
+      if (session.backpressure.isPaused) done();
+    });
+  });
 }

@@ -131,7 +131,9 @@ export class ScreenModel {
     return this.exclusive(async () => {
       await this.feed();
       const buffer = this.term.buffer.active;
-      const lineAt = (y: number) => buffer.getLine(y)?.translateToString(true) ?? "";
+      // translateToString(true) drops the empty cells at the end of a line, not spaces a program
+      // wrote there (a prompt's, a cleared line's): the two look the same, and GetScreen drops both.
+      const lineAt = (y: number) => (buffer.getLine(y)?.translateToString(true) ?? "").replace(/ +$/, "");
       const lines: string[] = [];
       for (let y = buffer.baseY; y < buffer.baseY + this.rows; y++) lines.push(lineAt(y));
       const scrollback: string[] = [];

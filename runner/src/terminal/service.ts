@@ -38,6 +38,16 @@ export interface TerminalPart {
   shutdown(graceMs: number): Promise<{ closed: number; killed: number }>;
 }
 
+/**
+ * A client detaches by closing its side of Attach. The stream still carries the output that
+ * keeps coming, the answer to the input sent last (`buf curl -d @-` sends its messages and
+ * closes at once), and ends once it has sent nothing but keepalives for this long (or with
+ * `exit`)...
+ */
+const detachQuietMs = 2_000;
+/** ...and at the latest this long after the client closed its side, however busy the program. */
+const detachMaxMs = 10_000;
+
 function requestOf(spec: SessionSpec | undefined): SessionRequest {
   return {
     id: spec?.sessionId ?? "",
@@ -102,6 +112,22 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
     const pongs: AttachResponse["event"][] = [];
     let wakeOutput: () => void = () => {};
     let inputError: unknown;
+    let lastSentAt = Date.now();
+    const detached = new AbortController();
+    let detachTimer: NodeJS.Timeout | undefined;
+    let ended = false;
+    const detachWhenQuiet = () => {
+      if (ended) return;
+      const latestAt = Date.now() + detachMaxMs;
+      const check = () => {
+        const now = Date.now();
+        const quietMs = now - lastSentAt;
+        if (quietMs >= detachQuietMs || now >= latestAt) return detached.abort();
+        detachTimer = setTimeout(check, Math.min(detachQuietMs - quietMs, latestAt - now));
+      };
+      lastSentAt = Date.now();
+      check();
+    };
     const pumpInput = async () => {
       for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
         const kind = next.value.kind;
@@ -121,7 +147,7 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
         }
       }
     };
-    pumpInput().catch((error: unknown) => {
+    pumpInput().then(detachWhenQuiet, (error: unknown) => {
       inputError = error;
       wakeOutput();
     });
@@ -129,7 +155,7 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
       const events = follow(session, start, {
         snapshots: open.screenSnapshot,
         keepaliveMs,
-        signal: hctx.signal,
+        signal: AbortSignal.any([hctx.signal, detached.signal]),
         extra: {
           take: () => pongs.shift(),
           onReady: (wake) => {
@@ -140,9 +166,12 @@ export function createTerminalService(ctx: RunnerContext): TerminalPart {
       for await (const event of events) {
         if (inputError !== undefined) throw inputError;
         yield create(AttachResponseSchema, { event });
+        if (event.case !== "keepalive") lastSentAt = Date.now();
       }
       if (inputError !== undefined) throw inputError;
     } finally {
+      ended = true;
+      clearTimeout(detachTimer);
       detach();
     }
   }

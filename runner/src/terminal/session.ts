@@ -2,6 +2,7 @@ import { constants } from "node:os";
 import { Code, ConnectError } from "@connectrpc/connect";
 import * as pty from "node-pty";
 import type { Activity } from "../activity.js";
+import { Backpressure } from "./backpressure.js";
 import { hasForegroundJob } from "./foreground.js";
 import { InputSequencer } from "./input-order.js";
 import { PtyWriter } from "./pty-writer.js";
@@ -16,7 +17,7 @@ export interface SessionExit {
   at: Date;
   /** The output offset at exit: every byte of output comes before it. */
   offset: number;
-  /** Why the runner ended it, if it did (`closed`, `detached lifetime over`, `runner shutdown`). */
+  /** Why it ended: `exited` (by itself), `closed`, `detached lifetime elapsed` or `runner shutdown`. */
   reason: string;
 }
 
@@ -55,8 +56,9 @@ export interface SessionEnvironment {
 /**
  * One PTY session: the program, the scrollback of its output, a model of its screen, and
  * the clients attached to it. Output is appended to the scrollback and each client reads
- * it at its own pace from its own offset, so a slow client never holds up the PTY or the
- * other clients, and every client sees the bytes in order.
+ * it at its own pace from its own offset, so every client sees the bytes in order; while
+ * every client is behind, the PTY is not read ({@link Backpressure}), so a sole client never
+ * misses a byte and a slow client never holds up a faster one.
  */
 export class TerminalSession {
   readonly id: string;
@@ -69,6 +71,8 @@ export class TerminalSession {
   readonly scrollback: Scrollback;
   readonly screen: ScreenModel;
   readonly input: InputSequencer;
+  /** Pauses the PTY while every attached client is behind; clients report their positions to it. */
+  readonly backpressure: Backpressure;
   cols: number;
   rows: number;
   /** The last input or output, in ms since the epoch. */
@@ -85,7 +89,8 @@ export class TerminalSession {
   private readonly writer: PtyWriter | undefined;
   private readonly watchers = new Set<() => void>();
   private detachTimer: NodeJS.Timeout | undefined;
-  private exitReason = "";
+  // What `close` sets; a program that ends by itself has "exited", as SessionExited.reason says.
+  private exitReason = "exited";
   private readonly exited: Promise<void>;
 
   constructor(
@@ -113,6 +118,7 @@ export class TerminalSession {
       encoding: null,
     });
     this.writer = directWriter(this.pty);
+    this.backpressure = new Backpressure(this.scrollback, this.pty, () => !processExists(this.pty.pid));
     this.pty.onData((data) => this.onOutput(data as unknown as Buffer));
     this.exited = new Promise((resolve) => {
       this.pty.onExit(({ exitCode, signal }) => {
@@ -124,6 +130,7 @@ export class TerminalSession {
           reason: this.exitReason,
         };
         clearTimeout(this.detachTimer);
+        this.backpressure.release();
         this.writer?.close();
         this.input.close(new ConnectError(`session "${this.id}" has exited`, Code.FailedPrecondition));
         this.wake();
@@ -161,6 +168,7 @@ export class TerminalSession {
 
   private onOutput(data: Buffer): void {
     this.scrollback.append(data);
+    this.backpressure.onOutput();
     this.screen.onOutput();
     this.lastActivityMs = Date.now();
     this.env.activity.touch();
@@ -285,6 +293,7 @@ export class TerminalSession {
   /** Frees the screen model (after the session is removed). */
   dispose(): void {
     clearTimeout(this.detachTimer);
+    this.backpressure.release();
     this.screen.dispose();
   }
 }
@@ -308,6 +317,17 @@ function directWriter(term: pty.IPty): PtyWriter | undefined {
   const writer = new PtyWriter(fd);
   on.call(term, "close", () => writer.close());
   return writer;
+}
+
+/** Whether a process with this id exists (a zombie counts: node-pty reaps the program at once). */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, under another user.
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 /** The name of a signal number (`SIGHUP` for 1). */

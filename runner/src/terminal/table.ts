@@ -118,7 +118,7 @@ export class SessionTable {
           onExit: (s) => this.retain(s),
           onDetachedTooLong: (s) => {
             this.ctx.logger.info({ session: s.id }, "closing a session left without a client");
-            void s.close("SIGHUP", 5_000, "no client attached for the detached lifetime");
+            void s.close("SIGHUP", 5_000, "detached lifetime elapsed");
           },
         },
       );

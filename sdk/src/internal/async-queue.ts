@@ -6,11 +6,6 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
   private readonly items: T[] = [];
   private closed = false;
   private wake: (() => void) | undefined;
-  private markDrained: () => void = () => {};
-  /** Resolves once the consumer has taken every message of the closed queue. */
-  readonly drained = new Promise<void>((resolve) => {
-    this.markDrained = resolve;
-  });
 
   /** Adds a message; ignored once closed. */
   push(item: T): void {
@@ -32,10 +27,7 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
         yield item;
         continue;
       }
-      if (this.closed) {
-        this.markDrained();
-        return;
-      }
+      if (this.closed) return;
       await new Promise<void>((resolve) => {
         this.wake = resolve;
       });

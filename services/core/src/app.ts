@@ -190,7 +190,12 @@ export async function startCore(config: CoreConfig, logger: Logger): Promise<Cor
     },
     fallback: (req, res) => createLoginRoutes(ready())(req, res),
   });
-  const proxy = createReplProxy({ logger, resolve: endpoints.resolve });
+  const proxy = createReplProxy({
+    logger,
+    resolve: endpoints.resolve,
+    maxCallsPerClient: config.replCallsPerClient,
+    maxCallsPerRepl: config.replCallsPerRepl,
+  });
   const replOrigin = await startReplOrigin({
     port: config.replPort,
     host: config.host,

@@ -42,6 +42,20 @@ export const coreSettings = {
     schema: optional(textSchema),
     description: "The URL people reach the repl origin at. Default http://<host>:<repl port>.",
   }),
+  replCallsPerClient: setting({
+    flag: "repl-calls-per-client",
+    env: "DEVEX_REPL_CALLS_PER_CLIENT",
+    schema: withDefault(integerSchema(1, 1_000_000), 256),
+    description:
+      "Calls one client (one runner token) may have in flight through the repl origin at once; more are refused with resource_exhausted. Default 256.",
+  }),
+  replCallsPerRepl: setting({
+    flag: "repl-calls-per-repl",
+    env: "DEVEX_REPL_CALLS_PER_REPL",
+    schema: withDefault(integerSchema(1, 1_000_000), 1024),
+    description:
+      "Calls one repl may have in flight through the repl origin at once, from all its clients; more are refused with resource_exhausted. Default 1024.",
+  }),
   previewPort: setting({
     flag: "preview-port",
     env: "DEVEX_PREVIEW_PORT",
@@ -262,7 +276,16 @@ export const coreSettings = {
     env: "DEVEX_DEV_LOGIN",
     boolean: true,
     schema: withDefault(booleanSchema, false),
-    description: "Enables the dev login (any user name, no password): for the embedded mode on a laptop only.",
+    description:
+      "Enables the dev login (any user name, no password): for the embedded mode on a laptop only. It admits clients on this machine's loopback only (see --dev-login-remote).",
+  }),
+  devLoginRemote: setting({
+    flag: "dev-login-remote",
+    env: "DEVEX_DEV_LOGIN_REMOTE",
+    boolean: true,
+    schema: withDefault(booleanSchema, false),
+    description:
+      "Lets the dev login admit clients from other addresses than this machine's loopback: anyone who reaches core then signs in as anyone, admins included. For a throwaway machine only.",
   }),
   devApiKey: setting({
     flag: "dev-api-key",

@@ -370,7 +370,8 @@ describe("rate limiting", () => {
 
   it("refuses a client address after N bad credentials, with retry-after and RetryInfo, even for a correct key", async () => {
     const limited = await startIdentityServer({
-      providers: [createDevProvider()],
+      // Its users sign in from addresses of their own.
+      providers: [createDevProvider({ remote: true })],
       rateLimit: { maxFailures: 5, windowMs: 60_000 },
     });
     try {
@@ -427,7 +428,7 @@ describe("rate limiting", () => {
     }
   });
 
-  it("limits guesses at one API key id across addresses", async () => {
+  it("limits guesses at one API key id per address, so a stranger cannot lock the key's owner out", async () => {
     const limited = await startIdentityServer({
       providers: [createDevProvider()],
       rateLimit: { maxFailures: 3, windowMs: 60_000 },
@@ -438,16 +439,44 @@ describe("rate limiting", () => {
         .client(AuthService, { cookie: me.cookie })
         .createApiKey({ name: "target", scope: Scope.FULL });
       const wrong = `${secret.slice(0, 31)}${"C".repeat(43)}`;
+      // A stranger guessing from many addresses, several times from each.
       for (let i = 0; i < 3; i++) {
+        for (let j = 0; j < 3; j++) {
+          expect(
+            await codeOf(limited.client(AuthService, { bearer: wrong, address: `192.0.2.${i}` }).getCurrentUser({})),
+          ).toBe(Code.Unauthenticated);
+        }
+        // That address is limited now, for the stranger.
         expect(
           await codeOf(limited.client(AuthService, { bearer: wrong, address: `192.0.2.${i}` }).getCurrentUser({})),
-        ).toBe(Code.Unauthenticated);
+        ).toBe(Code.ResourceExhausted);
       }
+      // The owner, from anywhere else, is not.
       expect(
-        await codeOf(limited.client(AuthService, { bearer: secret, address: "192.0.2.200" }).getCurrentUser({})),
-      ).toBe(Code.ResourceExhausted);
+        await codeOf(limited.client(AuthService, { bearer: secret, address: "198.51.100.20" }).getCurrentUser({})),
+      ).toBe("ok");
     } finally {
       await limited.close();
+    }
+  });
+
+  it("admits the dev login from this machine only, unless other addresses are allowed", async () => {
+    const local = await startIdentityServer({ providers: [createDevProvider()] });
+    const anywhere = await startIdentityServer({ providers: [createDevProvider({ remote: true })] });
+    try {
+      expect(await codeOf(local.client(AuthService, { address: "127.0.0.1" }).devLogin({ username: "here" }))).toBe(
+        "ok",
+      );
+      expect(await codeOf(local.client(AuthService, { address: "::1" }).devLogin({ username: "here" }))).toBe("ok");
+      const error = await errorOf(local.client(AuthService, { address: "192.0.2.9" }).devLogin({ username: "there" }));
+      expect(error.code).toBe(Code.PermissionDenied);
+      expect(error.rawMessage).toContain("--dev-login-remote");
+      expect(await codeOf(anywhere.client(AuthService, { address: "192.0.2.9" }).devLogin({ username: "there" }))).toBe(
+        "ok",
+      );
+    } finally {
+      await local.close();
+      await anywhere.close();
     }
   });
 

@@ -259,6 +259,7 @@ describe("provider configuration", () => {
     oidcClientId: undefined,
     oidcClientSecret: undefined,
     oidcDisplayName: "Single sign-on",
+    devLoginRemote: false,
   };
   it("enables the configured providers in display order and names half-configured ones", () => {
     expect(loginProvidersFromConfig(base)).toEqual([]);

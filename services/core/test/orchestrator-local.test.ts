@@ -247,6 +247,22 @@ describe("local orchestrator", () => {
     await orchestrator.stop(newId("repl"), 1_000);
   });
 
+  it("stops without a grace period (a deletion, a forced stop) at once, reporting no runner that outlived its grace", async () => {
+    const { logger: captured, records } = capturingLogger();
+    const quiet = newOrchestrator({ logger: captured });
+    for (const graceMs of [0, 5_000]) {
+      const { replId } = spec();
+      await quiet.start(spec(replId));
+      await quiet.waitReady(replId, 15_000);
+      const { pid } = await recordOf(replId);
+      await quiet.stop(replId, graceMs);
+      expect(processExists(pid), `grace ${graceMs} ms`).toBe(false);
+      expect(await quiet.get(replId)).toBeUndefined();
+    }
+    expect(records.filter((r) => r.msg === "runner stopped")).toHaveLength(2);
+    expect(records.filter((r) => String(r.msg).includes("grace period")).map((r) => r.msg)).toEqual([]);
+  });
+
   it("reports a runner whose process died as exited, and waitReady fails with Unavailable", async () => {
     const { replId } = spec();
     await orchestrator.start(spec(replId));

@@ -128,7 +128,7 @@ const server = http.createServer((req, res) => {
   res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
   res.end("<!doctype html><title>app</title><body><p id=hello>hello from the app</p><pre id=seen>" +
     JSON.stringify({ url: req.url, cookie: req.headers.cookie ?? null, authorization: req.headers.authorization ?? null,
-      previewPort: req.headers["x-devex-preview-port"] ?? null, host: req.headers.host }) + "</pre></body>");
+      proxyAuthorization: req.headers["proxy-authorization"] ?? null, previewPort: req.headers["x-devex-preview-port"] ?? null, host: req.headers.host }) + "</pre></body>");
 });
 new WebSocketServer({ server }).on("connection", (ws) => ws.on("message", (data) => ws.send("echo: " + data)));
 server.listen(${port}, "127.0.0.1");
@@ -408,6 +408,7 @@ describe("previews", () => {
     const page = await get(origin, url.hostname, "/page?x=1", {
       cookie: `theme=dark; ${value}; devex_session=core-session`,
       authorization: "Bearer dvx_not_for_apps",
+      "proxy-authorization": "Basic bm90OmZvci1hcHBz",
     });
     expect(page.status).toBe(200);
     const seen = JSON.parse(/<pre id=seen>(.*)<\/pre>/.exec(page.body)?.[1] ?? "{}");
@@ -415,6 +416,7 @@ describe("previews", () => {
       url: "/page?x=1",
       cookie: "theme=dark",
       authorization: null,
+      proxyAuthorization: null,
       // The runner's proxy takes core's routing header out too.
       previewPort: null,
       host: `${url.hostname}:${origin.port}`,

@@ -188,6 +188,40 @@ describe("repl proxy", () => {
     expect(JSON.parse(connect.stdout)).toMatchObject({ entry: { path: "." } });
   });
 
+  it("lets buf curl detach from Attach by closing its side: no exit needed, the session runs on", async () => {
+    const input = Buffer.from("echo hello from $((40+2))\r").toString("base64");
+    const messages = [
+      JSON.stringify({ open: { create: { command: plainBash } } }),
+      JSON.stringify({ input: { data: input } }),
+    ].join("\n");
+    const began = Date.now();
+    const res = await bufCurl(
+      [
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "-H",
+        `Authorization: Bearer ${userToken}`,
+        "-d",
+        "@-",
+        `${origin.url}/${runner.replId}/devex.runner.v1.TerminalService/Attach`,
+      ],
+      messages,
+    );
+    expect(res.code, res.stderr).toBe(0);
+    expect(Date.now() - began).toBeLessThan(10_000);
+    const events = res.stdout.split(/\n(?=\{)/).map((chunk) => JSON.parse(chunk) as Record<string, { data?: string }>);
+    const output = events.map((e) => (e.output?.data ? Buffer.from(e.output.data, "base64").toString() : "")).join("");
+    expect(output).toContain("hello from 42");
+    expect(events.some((e) => "exit" in e)).toBe(false);
+    const sessionId = (events[0]?.attached as { session?: { id?: string } } | undefined)?.session?.id ?? "";
+    const terminal = await runner.client(TerminalService);
+    const { session } = await terminal.getSession({ sessionId });
+    expect(session?.attachedClients).toBe(0);
+    expect(session?.exit).toBeUndefined();
+    await terminal.closeSession({ sessionId, force: true });
+  });
+
   it("answers NotFound for an unknown repl in the caller's protocol", async () => {
     const unknown = `${origin.url}/${newId("repl")}`;
     for (const protocol of ["grpc", "connect-h1", "grpc-web-h1"] as const) {
@@ -203,7 +237,7 @@ describe("repl proxy", () => {
     }
     const res = await fetch(`${unknown}/devex.runner.v1.FilesystemService/Stat`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", authorization: `Bearer ${userToken}` },
       body: '{"path":"."}',
     });
     expect(res.status).toBe(404);
@@ -311,6 +345,137 @@ describe("repl proxy", () => {
   });
 });
 
+describe("repl origin limits", () => {
+  /** A repl origin of its own, with the proxy's limits set by the test. */
+  async function limitedOrigin(limits: { maxCallsPerClient: number; maxCallsPerRepl: number }) {
+    const limitedProxy = createReplProxy({ logger, resolve: async () => runner.url, ...limits });
+    const server = await startReplOrigin({ port: 0, logger, proxy: limitedProxy, shutdownGraceMs: 500 });
+    return {
+      client<S extends DescService>(service: S, protocol: Protocol, token: string) {
+        return createClient(service, transport(`${server.url}/${runner.replId}`, protocol, token));
+      },
+      url: `${server.url}/${runner.replId}`,
+      async close() {
+        await server.close(500);
+        await limitedProxy.close();
+      },
+    };
+  }
+
+  /** Holds a StreamOutput of `sessionId` open until `signal` aborts; resolves once the runner counts it. */
+  async function holdStream(terminal: Client<typeof TerminalService>, sessionId: string, signal: AbortSignal) {
+    const direct = await runner.client(TerminalService);
+    const before = (await direct.getSession({ sessionId })).session?.attachedClients ?? 0;
+    void (async () => {
+      for await (const _ of terminal.streamOutput({ sessionId }, { signal })) {
+        // held open
+      }
+    })().catch(() => {});
+    await until(
+      async () => ((await direct.getSession({ sessionId })).session?.attachedClients ?? 0) > before,
+      "the stream to be attached",
+    );
+  }
+
+  it("refuses calls over a client's or a repl's limit with ResourceExhausted in the caller's protocol", async () => {
+    const limited = await limitedOrigin({ maxCallsPerClient: 2, maxCallsPerRepl: 3 });
+    const [a, b, c] = [userToken, await runner.token("user", 7_200_000), await runner.token("user", 10_800_000)];
+    const direct = await runner.client(TerminalService);
+    const { session } = await direct.createSession({ spec: { command: ["sleep", "60"] } });
+    const sessionId = session?.id ?? "";
+    const held = new AbortController();
+    try {
+      // Client a holds its two calls.
+      await holdStream(limited.client(TerminalService, "grpc", a), sessionId, held.signal);
+      await holdStream(limited.client(TerminalService, "connect-h1", a), sessionId, held.signal);
+      for (const protocol of ["grpc", "connect-h1", "grpc-web-h1"] as const) {
+        const terminal = limited.client(TerminalService, protocol, a);
+        expect(await codeOf(() => terminal.getSession({ sessionId })), protocol).toBe(Code.ResourceExhausted);
+        const stream = async () => {
+          for await (const _ of terminal.streamOutput({ sessionId })) {
+            // refused before anything comes
+          }
+        };
+        expect(await codeOf(stream), `${protocol} stream`).toBe(Code.ResourceExhausted);
+      }
+      // Another client still gets through, up to the repl's limit.
+      expect((await limited.client(TerminalService, "grpc", b).getSession({ sessionId })).session?.id).toBe(sessionId);
+      await holdStream(limited.client(TerminalService, "grpc", b), sessionId, held.signal);
+      for (const protocol of ["grpc", "connect-h1", "grpc-web-h1"] as const) {
+        const terminal = limited.client(TerminalService, protocol, c);
+        expect(await codeOf(() => terminal.getSession({ sessionId })), protocol).toBe(Code.ResourceExhausted);
+      }
+      const plain = await fetch(`${limited.url}/devex.runner.v1.TerminalService/GetSession`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${c}` },
+        body: JSON.stringify({ sessionId }),
+      });
+      expect(plain.status).toBe(429);
+      expect(await plain.json()).toMatchObject({ code: "resource_exhausted" });
+      // Calls that end give their places back.
+      held.abort();
+      await until(
+        async () => ((await direct.getSession({ sessionId })).session?.attachedClients ?? 0) === 0,
+        "the held streams to end",
+      );
+      for (const token of [a, c]) {
+        const terminal = limited.client(TerminalService, "grpc", token);
+        expect((await terminal.getSession({ sessionId })).session?.id).toBe(sessionId);
+      }
+    } finally {
+      held.abort();
+      await direct.closeSession({ sessionId, force: true });
+      await limited.close();
+    }
+  });
+
+  it("keeps other clients' streams when one client cancels 1,500 calls at once", async () => {
+    // A runner's HTTP/2 server ends a connection, every stream on it, after 1,000 resets in a burst.
+    const limited = await limitedOrigin({ maxCallsPerClient: 10_000, maxCallsPerRepl: 10_000 });
+    const other = await runner.token("user", 7_200_000);
+    const direct = await runner.client(TerminalService);
+    const attach = new AttachClient(limited.client(TerminalService, "grpc", userToken), {
+      target: { case: "create", value: { command: plainBash } } as never,
+    });
+    const { session } = await direct.createSession({ spec: { command: ["sleep", "60"] } });
+    const sessionId = session?.id ?? "";
+    const flood = new AbortController();
+    try {
+      await attach.until((c) => c.of("attached").length > 0, "attached");
+      const streams = Array.from({ length: 5 }, () => limited.client(TerminalService, "grpc", other));
+      const readers = Array.from({ length: 1_500 }, (_, i) =>
+        (async () => {
+          for await (const _ of (streams[i % streams.length] as Client<typeof TerminalService>).streamOutput(
+            { sessionId },
+            { signal: flood.signal },
+          )) {
+            // held open until the flood is canceled
+          }
+        })().catch(() => {}),
+      );
+      await until(
+        async () => ((await direct.getSession({ sessionId })).session?.attachedClients ?? 0) === 1_500,
+        "1,500 streams to be attached",
+        30_000,
+      );
+      flood.abort();
+      await Promise.all(readers);
+      await until(
+        async () => ((await direct.getSession({ sessionId })).session?.attachedClients ?? 0) === 0,
+        "the canceled streams to end",
+      );
+      attach.type("echo still-$((6*7))\r");
+      await attach.waitForText("still-42", 5_000);
+      expect(attach.error).toBeUndefined();
+    } finally {
+      flood.abort();
+      await attach.disconnect();
+      await direct.closeSession({ sessionId, force: true });
+      await limited.close();
+    }
+  }, 60_000);
+});
+
 describe("repl origin CORS", () => {
   const page = "http://app.example.test:5173";
   let corsOrigin: Server;
@@ -372,7 +537,7 @@ describe("repl origin CORS", () => {
 
     const unknown = await fetch(`${corsOrigin.url}/${newId("repl")}/devex.runner.v1.FilesystemService/Stat`, {
       method: "POST",
-      headers: { origin: page, "content-type": "application/json" },
+      headers: { origin: page, "content-type": "application/json", authorization: `Bearer ${userToken}` },
       body: '{"path":"."}',
     });
     expect(unknown.status).toBe(404);

@@ -218,6 +218,8 @@ export async function readIgnoreFile(root: string, ignoreFile: string): Promise<
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ENOENT" || code === "ENOTDIR") return undefined;
+    if (code === "ENAMETOOLONG")
+      throw new IgnoreFileError(ignoreFile, "is a path over Linux's limits (255 bytes per name, 4,095 in all)");
     throw error;
   }
   if (!isInside(real, rootReal)) throw new IgnoreFileError(ignoreFile, "leads outside the directory through a symlink");

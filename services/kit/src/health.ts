@@ -7,6 +7,7 @@ import {
   HealthListResponseSchema,
   HealthCheckResponse_ServingStatus as ServingStatus,
 } from "@devex/gen/grpc/health/v1/health_pb.js";
+import { truncateText } from "./error-bounds.js";
 
 export { ServingStatus };
 
@@ -40,7 +41,10 @@ export class HealthRegistry {
     router.service(Health, {
       check: (req) => {
         const status = this.get(req.service);
-        if (status === undefined) throw new ConnectError(`unknown service "${req.service}"`, Code.NotFound);
+        if (status === undefined) {
+          // The name is the caller's: echoed only in part, so the answer stays small.
+          throw new ConnectError(`unknown service "${truncateText(req.service, 256)}"`, Code.NotFound);
+        }
         return create(HealthCheckResponseSchema, { status });
       },
       list: () => {

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { type Logger, pino } from "pino";
 
 /** Options for {@link createLogger}. */
@@ -28,8 +28,9 @@ const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
  * Gives every call a request id and a child logger, and logs each call once when it
- * ends (method, code, duration): failures at info, successes at debug, since some
- * methods are called per keystroke. Streams are logged when their response ends.
+ * ends (method, code, duration): Internal and Unknown failures (our bugs) at error, other
+ * failures at info, successes at debug, since some methods are called per keystroke.
+ * Streams are logged when their response ends.
  */
 export function createLoggingInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
@@ -46,7 +47,9 @@ export function createLoggingInterceptor(logger: Logger): Interceptor {
         return;
       }
       const ce = ConnectError.from(error);
-      log.info({ code: codeName(ce.code), durationMs, err: ce.cause ?? ce }, "call failed");
+      // Internal and Unknown are our bugs (bad input is InvalidArgument): they are errors to look at.
+      const level = ce.code === Code.Internal || ce.code === Code.Unknown ? "error" : "info";
+      log[level]({ code: codeName(ce.code), durationMs, err: ce.cause ?? ce }, "call failed");
     };
     try {
       const res = await next(req);

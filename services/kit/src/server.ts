@@ -8,15 +8,18 @@ import {
   type ConnectRouter,
   createContextKey,
   createContextValues,
+  createServiceImplSpec,
   type Interceptor,
 } from "@connectrpc/connect";
 import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
 import { createValidateInterceptor } from "@connectrpc/validate";
 import type { Logger } from "pino";
 import { type CorsOptions, createCorsHandler } from "./cors.js";
+import { createErrorBoundsInterceptor } from "./error-bounds.js";
 import { HealthRegistry, ServingStatus } from "./health.js";
 import { createLoggingInterceptor } from "./logging.js";
 import { createRpcMetrics, type RpcMetrics } from "./metrics.js";
+import { readMaxBytesFor } from "./read-limits.js";
 import { loadDescriptorSet, ReflectionIndex, reflectionRoutes } from "./reflection.js";
 
 type NodeHandler = NonNullable<ConnectNodeAdapterOptions["fallback"]>;
@@ -114,18 +117,21 @@ export async function startServer(options: ServerOptions): Promise<Server> {
   const handler = connectNodeAdapter({
     contextValues: (req) => createContextValues().set(clientAddressKey, req.socket?.remoteAddress ?? ""),
     routes(router) {
-      options.routes(router);
-      health.routes(router);
+      const limited = withReadLimits(router);
+      options.routes(limited);
+      health.routes(limited);
       // The descriptors are read on the first reflection call: most servers never get one,
       // and they would hold several MB for nothing.
       reflectionRoutes(() => {
         index ??= new ReflectionIndex(loadDescriptorSet(), [...serviceNames]);
         return index;
-      })(router);
+      })(limited);
       for (const h of router.handlers) serviceNames.add(h.service.typeName);
     },
     interceptors: [
       createLoggingInterceptor(logger),
+      // Inside logging, so that the log shows the error as the caller gets it (the cause keeps the whole).
+      createErrorBoundsInterceptor(),
       metrics.interceptor,
       ...(options.interceptors ?? []),
       createValidateInterceptor(),
@@ -239,6 +245,27 @@ export async function startServer(options: ServerOptions): Promise<Server> {
     url: `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`,
     ...common,
   };
+}
+
+/**
+ * A router that registers every method of a service with its own read limit
+ * ({@link readMaxBytesFor}) unless the routes set one, so a request over it is refused
+ * before it is buffered, and before any interceptor (authentication) runs.
+ */
+function withReadLimits(router: ConnectRouter): ConnectRouter {
+  const limited: ConnectRouter = {
+    handlers: router.handlers,
+    service(service, implementation, serviceOptions) {
+      for (const spec of Object.values(createServiceImplSpec(service, implementation).methods))
+        router.rpc(spec.method, spec.impl as never, { readMaxBytes: readMaxBytesFor(spec.method), ...serviceOptions });
+      return limited;
+    },
+    rpc(method, impl, methodOptions) {
+      router.rpc(method, impl, { readMaxBytes: readMaxBytesFor(method), ...methodOptions });
+      return limited;
+    },
+  };
+  return limited;
 }
 
 /**

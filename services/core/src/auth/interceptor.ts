@@ -3,7 +3,7 @@ import { clientAddressKey } from "@devex/kit";
 import { type ApiKeyCheck, apiKeyIdOfSecret } from "../identity/api-keys.js";
 import { clearCookie, readCookie, sessionCookieName, setCookie } from "../identity/cookies.js";
 import type { Identity } from "../identity/identity.js";
-import { addressSubject, apiKeySubject } from "../identity/rate-limit.js";
+import { addressSubject } from "../identity/rate-limit.js";
 import type { SessionCheck } from "../identity/sessions.js";
 import { type Caller, callerKey } from "./caller.js";
 import { addressBucket, clientAddressOf } from "./client-address.js";
@@ -189,8 +189,10 @@ export function createAuthInterceptor(identity: Identity): Interceptor {
       identity.clientAddress,
       req.contextValues.get(clientAddressKey),
     );
+    // Failures count per client address only. A count per API key id would let anyone who
+    // knows a key's id (it is in the key, and in logs) lock its owner out from anywhere; guessing
+    // a 256-bit secret is hopeless however many addresses try, so per address is enough.
     const subjects = [addressSubject(addressBucket(address))];
-    if (presented.kind === "api_key") subjects.push(apiKeySubject(presented.keyId));
     await identity.limiter.check(subjects);
 
     const result = await authenticate(identity, presented);

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { addressBucket } from "../auth/client-address.js";
 import { newId } from "../ids.js";
@@ -197,6 +198,12 @@ export async function devLogin(identity: Identity, username: string, client: Log
   return limited(identity, client, async () => {
     const provider = identity.providers.find((p) => p.kind === "dev");
     if (!provider) throw new ConnectError("dev login is disabled on this server", Code.FailedPrecondition);
+    if (!provider.remote && !isLoopback(client.address)) {
+      throw new ConnectError(
+        `dev login admits clients on the server's own machine only, not ${client.address} (start core with --dev-login-remote to allow other addresses)`,
+        Code.PermissionDenied,
+      );
+    }
     if (!usernamePattern.test(username)) {
       throw new ConnectError(
         "username: 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit",
@@ -247,4 +254,11 @@ async function signIn(
     session: session.record,
     setCookies: [setCookie(sessionCookieName, session.token, identity.sessionTtlMs, identity.secureCookies)],
   };
+}
+
+/** Whether a client address is this machine's loopback (127.0.0.0/8, ::1, or 127.x mapped into IPv6). */
+function isLoopback(address: string): boolean {
+  if (isIP(address) === 0) return false;
+  const v4 = address.startsWith("::ffff:") ? address.slice("::ffff:".length) : address;
+  return v4.startsWith("127.") || address === "::1";
 }

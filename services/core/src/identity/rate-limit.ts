@@ -11,7 +11,7 @@ import type { StateStore } from "../state/store.js";
 
 /** Limits on failed logins and bad credentials. */
 export interface RateLimitOptions {
-  /** Failures one subject (a client address, an API key id) may have per window; the next attempt is refused. Default 20. */
+  /** Failures one subject (a client address) may have per window; the next attempt is refused. Default 20. */
   maxFailures: number;
   /** The window of `maxFailures`, in ms, starting with the first failure. Default 300000 (5 minutes). */
   windowMs: number;
@@ -24,8 +24,6 @@ export const defaultRateLimitOptions: RateLimitOptions = { maxFailures: 20, wind
 
 /** The rate-limit subject of a client address. */
 export const addressSubject = (address: string): string => `ip:${address}`;
-/** The rate-limit subject of an API key id (counted when a presented secret names it). */
-export const apiKeySubject = (keyId: string): string => `key:${keyId}`;
 
 const counterKey = (subject: string): string => `ratelimit:${subject}`;
 const blockKey = (subject: string): string => `ratelimit-block:${subject}`;

@@ -172,6 +172,8 @@ export async function startPreviewOrigin(options: PreviewOriginOptions): Promise
     if (cookie) req.headers.cookie = cookie;
     else delete req.headers.cookie;
     if (/^\s*Bearer\s+dvx_/i.test(req.headers.authorization ?? "")) delete req.headers.authorization;
+    // Meant for the proxy in front (core), never for the app.
+    delete req.headers["proxy-authorization"];
     const url = new URL(req.url ?? "/", "http://preview.invalid");
     if (url.searchParams.has(previewTokenParam)) req.url = withoutToken(url);
   };

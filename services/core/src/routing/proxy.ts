@@ -2,10 +2,14 @@
  * The repl origin: `<repl origin>/<repl id>/<service>/<method>` is forwarded to that repl's
  * runner as `/<service>/<method>`. Bodies stream through in both directions as they come
  * (bidirectional gRPC on h2c, server streams, Connect and gRPC-web over HTTP/1.1); the
- * runner checks the caller's token itself, so the proxy passes `authorization` and every
- * other end-to-end header on and only strips hop-by-hop ones.
+ * runner checks the caller's token itself, so the proxy passes a runner token in
+ * `authorization` and the other end-to-end headers on, and strips hop-by-hop ones and every
+ * other credential (see {@link withoutCredentials}). Calls in flight are limited
+ * per client and per repl (see call-limits.ts), and travel on a pool of connections per
+ * runner that no one client can break for the others (see upstream-pool.ts).
  */
 
+import { createHash } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import * as http2 from "node:http2";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -14,7 +18,6 @@ import { codeToHttpStatus, endStreamFlag, endStreamToJson, errorToJson } from "@
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import {
   type CorsOptions,
-  endpointConnection,
   type HttpFallback,
   type HttpRequest,
   type HttpResponse,
@@ -22,12 +25,17 @@ import {
   startServer,
 } from "@devex/kit";
 import type { Logger } from "pino";
+import { createCallLimits } from "./call-limits.js";
+import { createUpstreamPool } from "./upstream-pool.js";
 
 /** A path on the repl origin: `/<repl id>` and the rest, which goes to the runner. */
 export const replPathPattern = /^\/(repl_[0-9a-z]{26})(\/.*)$/;
 
 /** What the runner is asked for: an RPC path (`/<package>.<Service>/<Method>`), never its other routes (`/metrics`). */
 const rpcPathPattern = /^\/[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\/[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** The runner's services that take calls without a token (health, reflection): the rest needs one. */
+const openServicePattern = /^\/grpc\.(health\.v1\.Health|reflection\.v1(alpha)?\.ServerReflection)\//;
 
 /** Headers that describe one connection, not the call (RFC 9110 7.6.1), or that HTTP/2 forbids. */
 const hopByHopHeaders = new Set([
@@ -44,6 +52,14 @@ const hopByHopHeaders = new Set([
 
 const { NGHTTP2_CANCEL, NGHTTP2_FLAG_END_STREAM, NGHTTP2_INTERNAL_ERROR } = http2.constants;
 
+/** The one credential a runner takes: `Authorization: Bearer <runner token>`, a JWT (three base64url parts). */
+const runnerTokenPattern = /^\s*Bearer +[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\s*$/i;
+
+/** Default of {@link ReplProxyOptions.maxCallsPerClient}. */
+const defaultMaxCallsPerClient = 256;
+/** Default of {@link ReplProxyOptions.maxCallsPerRepl}. */
+const defaultMaxCallsPerRepl = 1024;
+
 /** Options for {@link createReplProxy}. */
 export interface ReplProxyOptions {
   /**
@@ -54,6 +70,15 @@ export interface ReplProxyOptions {
   logger: Logger;
   /** An HTTP/2 connection to a runner with no traffic for this long is closed, in ms. Default 300000. */
   idleConnectionMs?: number;
+  /**
+   * Calls one client (one bearer token, or one address for calls without a token) may have
+   * in flight at once; more are refused with ResourceExhausted. Default 256.
+   */
+  maxCallsPerClient?: number;
+  /** Calls one repl may have in flight at once, from all its clients; more are refused with ResourceExhausted. Default 1024. */
+  maxCallsPerRepl?: number;
+  /** Streams one HTTP/2 connection to a runner carries at once; a runner gets more connections as needed. Default 100. */
+  maxStreamsPerConnection?: number;
 }
 
 /** Core's router from the repl origin to runners. */
@@ -68,51 +93,24 @@ export interface ReplProxy {
 type Protocol = "grpc" | "grpc-web" | "connect-stream" | "connect-unary";
 
 /**
- * Creates the repl proxy. Calls to one runner share one HTTP/2 connection, opened on the
- * first call, replaced after a GOAWAY or an error, closed when idle. A caller that goes
- * away cancels its upstream stream, and an upstream stream that fails ends the caller's.
+ * Creates the repl proxy. Calls to a runner go over a small pool of HTTP/2 connections,
+ * opened as needed, replaced after a GOAWAY or an error, closed when idle. A caller that
+ * goes away cancels its upstream stream, and an upstream stream that fails ends the caller's.
  */
 export function createReplProxy(options: ReplProxyOptions): ReplProxy {
   const logger = options.logger.child({ component: "repl-proxy" });
-  const idleConnectionMs = options.idleConnectionMs ?? 300_000;
-  /** The connection new calls to each runner go on. */
-  const sessions = new Map<string, http2.ClientHttp2Session>();
-  /** Every open connection, including ones draining after a GOAWAY. */
-  const open = new Set<http2.ClientHttp2Session>();
+  const limits = createCallLimits({
+    maxCallsPerClient: options.maxCallsPerClient ?? defaultMaxCallsPerClient,
+    maxCallsPerRepl: options.maxCallsPerRepl ?? defaultMaxCallsPerRepl,
+  });
+  const pool = createUpstreamPool({
+    logger: options.logger,
+    ...(options.idleConnectionMs !== undefined ? { idleConnectionMs: options.idleConnectionMs } : {}),
+    ...(options.maxStreamsPerConnection !== undefined
+      ? { maxStreamsPerConnection: options.maxStreamsPerConnection }
+      : {}),
+  });
   let closed = false;
-
-  const sessionFor = (endpoint: string): http2.ClientHttp2Session => {
-    const existing = sessions.get(endpoint);
-    if (existing && !existing.closed && !existing.destroyed) return existing;
-    const connection = endpointConnection(endpoint);
-    const session = http2.connect(connection.origin, {
-      // Keystrokes are small writes: no Nagle delay on the way to the runner either.
-      createConnection: () => connection.connect(),
-      // The stream window bounds what core holds for a caller that does not read (Node
-      // consumes the connection window at once, so a stalled stream blocks no other).
-      settings: { enablePush: false, initialWindowSize: 1024 * 1024 },
-    });
-    sessions.set(endpoint, session);
-    open.add(session);
-    const forget = () => {
-      if (sessions.get(endpoint) === session) sessions.delete(endpoint);
-    };
-    session.once("connect", () => session.setLocalWindowSize(8 * 1024 * 1024));
-    session.on("error", (error) => {
-      forget();
-      logger.debug({ endpoint, err: error }, "runner connection failed");
-    });
-    session.once("goaway", forget);
-    session.once("close", () => {
-      forget();
-      open.delete(session);
-    });
-    session.setTimeout(idleConnectionMs, () => {
-      forget();
-      session.close();
-    });
-    return session;
-  };
 
   const forward = async (req: HttpRequest, res: HttpResponse, replId: string, path: string): Promise<void> => {
     const log = logger.child({ replId, path });
@@ -120,17 +118,20 @@ export function createReplProxy(options: ReplProxyOptions): ReplProxy {
     const startedAt = performance.now();
     let upstream: http2.ClientHttp2Stream | undefined;
     let callerGone = false;
+    let release: () => void = () => {};
     req.on("error", () => {});
     res.on("error", () => {});
     // The caller went away (RST_STREAM, closed connection) or the call is over: either
     // way the upstream stream has nothing more to do.
     res.once("close", () => {
       callerGone = true;
-      if (upstream && !upstream.closed && !upstream.destroyed) upstream.close(NGHTTP2_CANCEL);
+      release();
+      if (upstream) pool.cancel(upstream);
     });
     let endpoint: string | undefined;
     try {
       if (closed) throw new ConnectError("the repl origin is shutting down", Code.Unavailable);
+      release = limits.admit(clientOf(req), replId);
       endpoint = await options.resolve(replId);
     } catch (error) {
       const ce = ConnectError.from(error);
@@ -145,14 +146,14 @@ export function createReplProxy(options: ReplProxyOptions): ReplProxy {
     if (callerGone) return;
 
     const headers: http2.OutgoingHttpHeaders = {
-      ...endToEndHeaders(req.headers),
+      ...withoutCredentials(endToEndHeaders(req.headers)),
       [http2.constants.HTTP2_HEADER_METHOD]: req.method ?? "POST",
       [http2.constants.HTTP2_HEADER_PATH]: path,
     };
     const hasBody = req.method !== "GET" && req.method !== "HEAD";
     let stream: http2.ClientHttp2Stream;
     try {
-      stream = sessionFor(endpoint).request(headers, { endStream: !hasBody });
+      stream = pool.request(endpoint, headers, { endStream: !hasBody });
     } catch (error) {
       respondError(req, res, unreachable(replId, error));
       return;
@@ -171,6 +172,8 @@ export function createReplProxy(options: ReplProxyOptions): ReplProxy {
       if (res.destroyed || res.writableEnded) return;
       status = Number(upstreamHeaders[http2.constants.HTTP2_HEADER_STATUS] ?? 502);
       const responseHeaders = endToEndHeaders(upstreamHeaders);
+      // A runner sets no cookie: one for this host could replace the browser's core session.
+      delete responseHeaders["set-cookie"];
       if (flags & NGHTTP2_FLAG_END_STREAM) {
         // A trailers-only response (a gRPC error, say) stays one: headers that end the stream.
         ended = true;
@@ -224,6 +227,16 @@ export function createReplProxy(options: ReplProxyOptions): ReplProxy {
       res.end("not found: the repl origin serves /<repl id>/<service>/<method>\n");
       return true;
     }
+    // The runner would refuse a call without a token anyway; refusing it here, before its
+    // body is forwarded, keeps anyone who knows a repl's id from pushing bytes into its runner.
+    if (!req.headers.authorization && !openServicePattern.test(rest)) {
+      const error = new ConnectError(
+        "a runner token is required (authorization: Bearer <token>)",
+        Code.Unauthenticated,
+      );
+      respondError(req, res, error);
+      return true;
+    }
     forward(req, res, replId, rest).catch((error: unknown) => {
       logger.error({ err: error, replId, url: req.url }, "proxying a call failed");
       if (!res.headersSent) respondError(req, res, new ConnectError("proxy failure", Code.Internal));
@@ -236,17 +249,7 @@ export function createReplProxy(options: ReplProxyOptions): ReplProxy {
     handle,
     async close() {
       closed = true;
-      sessions.clear();
-      await Promise.all(
-        [...open].map(
-          (session) =>
-            new Promise<void>((resolve) => {
-              if (session.destroyed) return resolve();
-              session.once("close", () => resolve());
-              session.destroy();
-            }),
-        ),
-      );
+      await pool.close();
     },
   };
 }
@@ -303,6 +306,31 @@ function endToEndHeaders(incoming: http2.IncomingHttpHeaders): http2.OutgoingHtt
   }
   if (/(^|,)\s*trailers\s*(,|;|$)/i.test(String(incoming.te ?? ""))) out.te = "trailers";
   return out;
+}
+
+/**
+ * Request headers without any credential but a runner token: a runner is its repl owner's
+ * process. Cookies go (by default the repl origin shares its host with the API, and cookies are
+ * not scoped by port, so the browser sends core's `devex_session` here too), and so does an
+ * `authorization` that is no runner token (a Devex API key, Basic credentials);
+ * `proxy-authorization` went with the hop-by-hop headers.
+ */
+function withoutCredentials(headers: http2.OutgoingHttpHeaders): http2.OutgoingHttpHeaders {
+  const out = { ...headers };
+  delete out.cookie;
+  if (!runnerTokenPattern.test(String(out.authorization ?? ""))) delete out.authorization;
+  return out;
+}
+
+/**
+ * Who a call counts against for {@link ReplProxyOptions.maxCallsPerClient}: its bearer
+ * token (a digest of the header, so the limits hold no credential), or its address when it
+ * has none (health, reflection).
+ */
+function clientOf(req: HttpRequest): string {
+  const authorization = req.headers.authorization;
+  if (authorization) return `token:${createHash("sha256").update(authorization).digest("base64url")}`;
+  return `address:${req.socket?.remoteAddress ?? ""}`;
 }
 
 function protocolOf(req: HttpRequest): Protocol {

@@ -391,7 +391,8 @@ export type SessionExited = Message<"devex.runner.v1.SessionExited"> & {
 
   /**
    * Why the session ended: "exited" when the program ended by itself, "closed" after
-   * CloseSession, "detached lifetime elapsed", or the reason given to RunnerService.Shutdown.
+   * CloseSession, "detached lifetime elapsed", or "runner shutdown" when the runner drained
+   * (RunnerService.Shutdown, a stop of the repl).
    *
    * @generated from field: string reason = 4;
    */
@@ -441,10 +442,13 @@ export const SessionResizedSchema: GenMessage<SessionResized> = /*@__PURE__*/
   messageDesc(file_devex_runner_v1_terminal, 6);
 
 /**
- * This client fell so far behind that output it had not received left the scrollback buffer. The
- * bytes from skipped_from_offset up to (not including) resume_offset are missing for this client;
- * output continues at resume_offset. If the client asked for screen snapshots, a fresh snapshot
- * comes with this message, so the screen can be redrawn correctly.
+ * This client fell so far behind a faster client of the same session that output it had not
+ * received left the scrollback buffer. (The program is held up while every client is behind, so
+ * the only attached client never gets this.) The bytes from skipped_from_offset up to (not
+ * including) resume_offset are missing for this client, resume_offset - skipped_from_offset of
+ * them; output continues at resume_offset. If the client asked for screen snapshots, a snapshot as
+ * of resume_offset comes with this message: reset the terminal (ESC c), write the snapshot, then
+ * the output that follows.
  *
  * @generated from message devex.runner.v1.SessionLagged
  */
@@ -1382,9 +1386,15 @@ export const SessionStateSchema: GenEnum<SessionState> = /*@__PURE__*/
  * instead ask for a screen snapshot: the terminal state rendered by the runner's own terminal
  * model, so that a full-screen program (vim, top, less) shows correctly without replaying history.
  *
- * Every client has its own stream: a slow client never holds up the others or the program; it is
- * caught up from the buffer, or told exactly which bytes it missed (`lagged`). Bytes are never
- * reordered. Input from all clients goes to the one terminal in the order it is received.
+ * Every client has its own stream and reads at its own pace; bytes are never reordered, and none
+ * is skipped without a `lagged` event saying which. The runner applies backpressure as a real
+ * terminal does: while every attached client is behind (the only one, or all of them), it stops
+ * reading the pseudo-terminal, so the program blocks on write until a client catches up. So the
+ * only attached client receives every byte. A slow client never holds up a faster one: with several
+ * clients the program runs at the pace of the fastest, and one that falls behind it by more than
+ * the scrollback buffer is resynchronised: `lagged` says exactly which bytes it skipped, with a
+ * screen snapshot if it asked for snapshots. With no client attached the program is never held up.
+ * Input from all clients goes to the one terminal in the order it is received.
  *
  * HTTP/2 clients use Attach (one bidirectional stream). Browsers, which cannot send streaming
  * requests, use StreamOutput for output plus the unary WriteInput and ResizeSession calls; both
@@ -1452,7 +1462,10 @@ export const TerminalService: GenService<{
    * acknowledged without being applied again. If a missing write does not arrive within 10 s, the
    * waiting calls fail with ABORTED without being applied; retry them with the same seq after
    * resending the missing one. Without a client_id, a write is applied when it arrives.
-   * FAILED_PRECONDITION if the session has exited.
+   * A write with empty data takes its seq like any other: a client that gave up on a write without
+   * knowing whether it was applied (its answer was lost) sends that seq again with empty data, a
+   * repeat if the write was applied and an empty write if not, so the writes after it are never held
+   * up by a gap. FAILED_PRECONDITION if the session has exited.
    *
    * @generated from rpc devex.runner.v1.TerminalService.WriteInput
    */
@@ -1483,6 +1496,19 @@ export const TerminalService: GenService<{
    * `keepalive` (after 30 s of silence) and `pong`, and finally `exit` when the program ends,
    * after which the stream closes. The client detaches by closing its side of the stream; the
    * session keeps running.
+   *
+   * Output goes out as fast as this stream takes it (HTTP/2 flow control). While no other client
+   * is ahead of this one, the program waits for it rather than output being dropped; if another
+   * client reads faster and this one falls more than the scrollback behind it, `lagged` says which
+   * bytes this one skipped (with a snapshot if `screen_snapshot` was set) and output continues
+   * after the gap. Nothing acknowledges `input` on this stream: a client that must know its
+   * input arrived, or resend it after a reconnect without it being applied twice, sends it with
+   * WriteInput and a client_id instead.
+   *
+   * Once the client has closed its side, the server still sends the output that keeps coming (the
+   * answer to the last input: `buf curl -d @-` closes its side as soon as it has sent its messages)
+   * and ends the stream once it has had nothing to send for 2 seconds, or with `exit`, and at the
+   * latest 10 seconds after the client closed its side.
    *
    * Errors: INVALID_ARGUMENT if the first message is not `open` or a later one is; NOT_FOUND if
    * the session does not exist; otherwise as for CreateSession.

@@ -8,6 +8,7 @@ import type { LoginProvider } from "./provider.js";
 export type LoginProviderSettings = Pick<
   CoreConfig,
   | "devLogin"
+  | "devLoginRemote"
   | "githubClientId"
   | "githubClientSecret"
   | "githubUrl"
@@ -50,7 +51,7 @@ export function loginProvidersFromConfig(config: LoginProviderSettings): LoginPr
       }),
     );
   }
-  if (config.devLogin) providers.push(createDevProvider());
+  if (config.devLogin) providers.push(createDevProvider({ remote: config.devLoginRemote }));
   return providers;
 }
 

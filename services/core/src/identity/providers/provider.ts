@@ -53,6 +53,8 @@ export interface RedirectLoginProvider extends ProviderInfo {
 /** The dev login: a username, no password (embedded and development mode only). */
 export interface DevLoginProvider extends ProviderInfo {
   kind: "dev";
+  /** Whether it admits clients other than this machine's loopback. */
+  remote: boolean;
 }
 
 /** A configured login provider. */

@@ -525,10 +525,16 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
           if (!runner.gone.signal.aborted) log.info({ err: error }, "graceful shutdown did not complete");
         }
       }
-      // A drained runner keeps serving reads until its orchestrator ends it.
-      await runner.sandbox.signal("SIGTERM");
-      if (!(await waitGone(runner, Math.max(deadline - Date.now(), Math.min(graceMs, 1_000))))) {
-        log.info("runner still running after its grace period; killing its sandbox");
+      // A drained runner keeps serving reads until its orchestrator ends it. A stop without a
+      // grace period (a deletion, a forced stop) kills it at once: a SIGTERM it had no time to
+      // act on made every such stop report a runner that outlived its grace.
+      let gone = false;
+      if (graceMs > 0) {
+        await runner.sandbox.signal("SIGTERM");
+        gone = await waitGone(runner, Math.max(deadline - Date.now(), Math.min(graceMs, 1_000)));
+        if (!gone) log.info("runner still running after its grace period; killing its sandbox");
+      }
+      if (!gone) {
         await runner.sandbox.kill();
         if (!(await waitGone(runner, 10_000))) {
           throw new ConnectError(`the runner of ${replId} (sandbox ${runner.sandbox.id}) does not die`, Code.Internal);
