@@ -11,8 +11,18 @@ import { type FieldRules, field as fieldRules } from "@bufbuild/protovalidate/ge
 
 /** The floor of every limit: enough for any control call, small enough to cost nothing. */
 export const controlReadMaxBytes = 1024 * 1024;
-/** The ceiling of every limit: a transfer chunk (4 MiB) or an argv and env at Linux's total (at most 6 MiB). */
-export const transferReadMaxBytes = 8 * 1024 * 1024;
+/**
+ * The ceiling of every limit: a transfer chunk (4 MiB) or an argv and env at Linux's total (at
+ * most 6 MiB), in the JSON form of the Connect protocol too (bytes as base64).
+ */
+export const transferReadMaxBytes = 16 * 1024 * 1024;
+/**
+ * Headroom over the binary bound: the Connect protocol's JSON form writes bytes as base64 (4/3)
+ * and may escape string characters, and fields without a validation bound (ids, flags) add a
+ * few bytes each. Twice the bound, plus 64 KiB, holds any request the rules admit.
+ */
+const encodingFactor = 2;
+const encodingSlackBytes = 64 * 1024;
 
 /** Bytes a scalar field, a tag or a length prefix take at most. */
 const scalarBytes = 11;
@@ -20,11 +30,11 @@ const scalarBytes = 11;
 /**
  * The most bytes a request of `method` may take on the wire (one message of a stream): the sum
  * of what its fields' validation rules allow (bounded strings and bytes, times the bound on
- * repeated fields and maps), at least {@link controlReadMaxBytes} and at most
- * {@link transferReadMaxBytes}.
+ * repeated fields and maps), with headroom for the JSON encoding, at least
+ * {@link controlReadMaxBytes} and at most {@link transferReadMaxBytes}.
  */
 export function readMaxBytesFor(method: DescMethod): number {
-  const bound = messageBound(method.input, new Set());
+  const bound = messageBound(method.input, new Set()) * encodingFactor + encodingSlackBytes;
   return Math.min(transferReadMaxBytes, Math.max(controlReadMaxBytes, bound));
 }
 
