@@ -306,8 +306,10 @@ describe("terminal", () => {
 
   it("reattaches by itself when the connection drops: every byte once, in order", async () => {
     const { handle, output } = await openTerminal();
+    // The markers are quoted so that only the commands' output matches them, never the shell's
+    // echo of the typed line (writes resolve once the terminal has them, maybe before stty runs).
     await handle.write("stty -echo\n");
-    await handle.write("echo start\n");
+    await handle.write('echo "st"art\n');
     await until(() => output.text.includes("start\r\n"), "start");
     const attachesBefore = seen.attach;
     // Two drops in the burst: after its first message, and again right after the first message of
@@ -318,7 +320,7 @@ describe("terminal", () => {
     const lines = 50_000;
     const part = lines / 20;
     await handle.write(
-      `for i in $(seq 0 19); do seq $((i*${part}+1)) $((i*${part}+${part})); sleep 0.05; done; echo done\n`,
+      `for i in $(seq 0 19); do seq $((i*${part}+1)) $((i*${part}+${part})); sleep 0.05; done; echo "do"ne\n`,
     );
     await until(() => output.text.includes("done\r\n"), "the end of the burst", 20_000);
     expect(attachDrops).toEqual([]);
