@@ -28,7 +28,7 @@ for (const entry of entries) {
     format: "esm",
     sourcemap: "linked",
     // Native addons, and modules loaded on demand (the terminal emulator), stay outside.
-    external: ["node-pty", "@xterm/headless", "@xterm/addon-serialize"],
+    external: ["node-pty", "@xterm/headless"],
     // Bundled CommonJS dependencies still call require().
     banner: {
       js: "import { createRequire as __devexRequire } from 'node:module'; const require = __devexRequire(import.meta.url);",

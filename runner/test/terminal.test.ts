@@ -2,7 +2,6 @@ import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { Signal } from "@devex/gen/devex/runner/v1/runner_pb.js";
 import { AttachRequestSchema, SessionState, TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
-import { SerializeAddon } from "@xterm/addon-serialize";
 import xtermHeadless from "@xterm/headless";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AttachClient, plainBash } from "./attach-client.js";
@@ -30,8 +29,6 @@ async function render(cols: number, rows: number, ...chunks: Uint8Array[]): Prom
   const buffer = term.buffer.active;
   const lines: string[] = [];
   for (let y = buffer.baseY; y < buffer.baseY + rows; y++) lines.push(buffer.getLine(y)?.translateToString(true) ?? "");
-  const serializer = new SerializeAddon();
-  term.loadAddon(serializer as never);
   term.dispose();
   return lines;
 }

@@ -1,12 +1,9 @@
-import type { SerializeAddon } from "@xterm/addon-serialize";
 import type { Terminal } from "@xterm/headless";
+import { guardEmulator } from "./emulator-guard.js";
+import { serializeScreen } from "./screen-serializer.js";
 import type { Scrollback } from "./scrollback.js";
 
-interface Emulator {
-  Terminal: typeof Terminal;
-  SerializeAddon: typeof SerializeAddon;
-}
-let emulator: Emulator | undefined;
+let emulator: typeof Terminal | undefined;
 
 /**
  * Loads the terminal emulator. It is a large module, so a runner that never opens a
@@ -14,20 +11,21 @@ let emulator: Emulator | undefined;
  */
 export async function loadEmulator(): Promise<void> {
   if (emulator) return;
-  const [headless, serialize] = await Promise.all([import("@xterm/headless"), import("@xterm/addon-serialize")]);
-  // Both are CommonJS: loaders differ in whether the exports arrive named or as `default`.
-  type Exports<T> = T & { default?: T };
-  const terminal = headless as Exports<{ Terminal: typeof Terminal }>;
-  const addon = serialize as Exports<{ SerializeAddon: typeof SerializeAddon }>;
-  const TerminalClass = terminal.Terminal ?? terminal.default?.Terminal;
-  const SerializeClass = addon.SerializeAddon ?? addon.default?.SerializeAddon;
-  if (!TerminalClass || !SerializeClass) throw new Error("the terminal emulator modules did not load");
-  emulator = { Terminal: TerminalClass, SerializeAddon: SerializeClass };
+  // CommonJS: loaders differ in whether the exports arrive named or as `default`.
+  const headless = (await import("@xterm/headless")) as {
+    Terminal?: typeof Terminal;
+    default?: { Terminal?: typeof Terminal };
+  };
+  emulator = headless.Terminal ?? headless.default?.Terminal;
+  if (!emulator) throw new Error("the terminal emulator module did not load");
 }
 
 /** A terminal's rendered state at one output offset. */
 export interface ScreenState {
-  /** Bytes that, written to a fresh terminal of cols x rows, reproduce the screen and modes. */
+  /**
+   * Bytes that, written to a fresh terminal of cols x rows, reproduce its state exactly (see
+   * {@link serializeScreen}); written to a terminal in use, they reset it first.
+   */
   data: Uint8Array;
   cols: number;
   rows: number;
@@ -65,7 +63,6 @@ const backlogIntervalMs = 250;
  */
 export class ScreenModel {
   private term: Terminal;
-  private serializer: SerializeAddon;
   private fedTo = 0;
   private cols: number;
   private rows: number;
@@ -84,17 +81,16 @@ export class ScreenModel {
   ) {
     this.cols = cols;
     this.rows = rows;
-    ({ term: this.term, serializer: this.serializer } = this.newTerminal(cols, rows));
+    this.term = this.newTerminal(cols, rows);
     this.quietTimer = setTimeout(() => void this.catchUp(), quietMs);
     this.quietTimer.unref();
   }
 
-  private newTerminal(cols: number, rows: number) {
+  private newTerminal(cols: number, rows: number): Terminal {
     if (!emulator) throw new Error("loadEmulator() must be called before the first ScreenModel");
-    const term = new emulator.Terminal({ cols, rows, scrollback: this.scrollbackLines, allowProposedApi: true });
-    const serializer = new emulator.SerializeAddon();
-    term.loadAddon(serializer as never);
-    return { term, serializer };
+    const term = new emulator({ cols, rows, scrollback: this.scrollbackLines, allowProposedApi: true });
+    guardEmulator(term);
+    return term;
   }
 
   /** Tells the model the session was resized after the output up to `offset`. */
@@ -121,7 +117,7 @@ export class ScreenModel {
   snapshot(): Promise<ScreenState> {
     return this.exclusive(async () => {
       await this.feed();
-      const text = this.serializer.serialize({ scrollback: this.scrollbackLines });
+      const text = serializeScreen(this.term);
       return { data: Buffer.from(text, "utf8"), cols: this.cols, rows: this.rows, offset: this.fedTo };
     });
   }
@@ -207,7 +203,7 @@ export class ScreenModel {
       this.rows = resize.rows;
     }
     this.term.dispose();
-    ({ term: this.term, serializer: this.serializer } = this.newTerminal(this.cols, this.rows));
+    this.term = this.newTerminal(this.cols, this.rows);
     this.fedTo = offset;
   }
 }

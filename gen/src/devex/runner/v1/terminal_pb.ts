@@ -243,8 +243,12 @@ export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
  */
 export type ScreenSnapshot = Message<"devex.runner.v1.ScreenSnapshot"> & {
   /**
-   * Bytes (text and escape sequences, as produced by xterm.js's serialize add-on) that, written
-   * to a fresh xterm-compatible terminal of cols x rows, reproduce the state.
+   * Bytes (text and escape sequences) that, written to a fresh xterm.js terminal of cols x rows
+   * (with its default scrollback of 1,000 lines), reproduce the state exactly: every cell of the
+   * scrollback and the screen, and of the alternate screen when it is active, the cursor (also after
+   * the last column), scroll margins, saved cursors, tab stops, modes, and the attributes and charset
+   * for what is written next. They start by resetting the terminal and clearing its screen, so they
+   * may also be written to a terminal in use (after `lagged`, or a reattach).
    *
    * @generated from field: bytes data = 1;
    */

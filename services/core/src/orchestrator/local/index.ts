@@ -784,7 +784,6 @@ function runnerReadOnlyPaths(runnerEntry: string): string[] {
     existsSync(manifest) ? manifest : undefined,
     packageDir("node-pty"),
     packageDir("@xterm/headless"),
-    packageDir("@xterm/addon-serialize"),
   ];
   return [...new Set(paths.filter((path): path is string => path !== undefined))];
 }
