@@ -2,18 +2,17 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import type { Logger } from "pino";
 import { createPeriodic } from "./periodic.js";
-import { startTicksOf } from "./process-start.js";
+import { currentProcess, type ProcessIdentity, processAlive } from "./process-start.js";
 import type { StateStore } from "./state/store.js";
 
-/** What a core replica says about itself in its lease. */
-export interface ReplicaInfo {
+/**
+ * What a core replica says about itself in its lease; its process identity lets a replica on
+ * the same machine know at once when it died (startTicks 0 where unknown).
+ */
+export interface ReplicaInfo extends ProcessIdentity {
   coreId: string;
   /** The machine it runs on (`os.hostname()`). */
   host: string;
-  /** Its process, so that a replica on the same machine knows at once when it died. */
-  pid: number;
-  /** The kernel's start time of that pid (clock ticks since boot); 0 where unknown. */
-  startTicks: number;
   /** Its orchestration driver (`local`, `kubernetes`). */
   orchestrator: string;
   /** Its data directory (absolute). */
@@ -97,7 +96,7 @@ export function createReplicas(options: ReplicasOptions): Replicas {
   /** A lease whose process is known dead (same machine, pid gone or reused) does not count. */
   const living = async (info: ReplicaInfo): Promise<boolean> => {
     if (info.host !== hostname() || info.startTicks === 0) return true;
-    return (await startTicksOf(info.pid)) === info.startTicks;
+    return processAlive(info);
   };
 
   const replicas: Replicas = {
@@ -107,8 +106,7 @@ export function createReplicas(options: ReplicasOptions): Replicas {
       self = {
         coreId,
         host: hostname(),
-        pid: process.pid,
-        startTicks: (await startTicksOf(process.pid)) ?? 0,
+        ...(await currentProcess()),
         orchestrator: options.orchestrator,
         dataDir: options.dataDir,
         startedAtMs: Date.now(),

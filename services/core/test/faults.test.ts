@@ -2,8 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Client, Code, createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { type Client, Code, createClient } from "@connectrpc/connect";
 import { ReplService, ReplState } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { unixEndpoint } from "@devex/kit";
@@ -13,6 +12,7 @@ import { createRunnerCaller } from "../src/orchestrator/runner-client.js";
 import { loadTokenKeys } from "../src/orchestrator/token-keys.js";
 import { type CoreProcess, startCoreProcess } from "./support/core-process.js";
 import { type RedisServer, startRedisServer } from "./support/redis-server.js";
+import { type RunnerAccess, runnerTransport } from "./support/runner-access.js";
 
 /**
  * The fault suite: real cores (built bundles), real sandboxed runners, real Redis, killed at
@@ -80,15 +80,8 @@ async function runnersServing(dir: string, replId: string): Promise<number> {
 }
 
 /** The FilesystemService of a running repl's runner, through core's repl origin. */
-function runnerFiles(access: { endpointUrl: string; token: string } | undefined): Client<typeof FilesystemService> {
-  const auth: Interceptor = (next) => (req) => {
-    req.header.set("authorization", `Bearer ${access?.token ?? ""}`);
-    return next(req);
-  };
-  return createClient(
-    FilesystemService,
-    createGrpcTransport({ baseUrl: access?.endpointUrl ?? "", interceptors: [auth] }),
-  );
+function runnerFiles(access: RunnerAccess | undefined): Client<typeof FilesystemService> {
+  return createClient(FilesystemService, runnerTransport(access));
 }
 
 /** Leftover temporary files of the data directory's records. */

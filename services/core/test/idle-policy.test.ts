@@ -1,9 +1,9 @@
-import { createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createClient } from "@connectrpc/connect";
 import { type Repl, ReplService, ReplState, ReplStopReason } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CoreProcess, startCoreProcess } from "./support/core-process.js";
+import { runnerTransport } from "./support/runner-access.js";
 
 const idleTimeoutMs = 1_500;
 let core: CoreProcess;
@@ -28,14 +28,7 @@ describe("the idle policy, with real runners", () => {
     const withTerminal = async (name: string, input?: string) => {
       const replId = (await repls.createRepl({ name, templateName: "blank" })).repl?.id ?? "";
       const { access } = await repls.startRepl({ replId });
-      const auth: Interceptor = (next) => (req) => {
-        req.header.set("authorization", `Bearer ${access?.token}`);
-        return next(req);
-      };
-      const terminal = createClient(
-        TerminalService,
-        createGrpcTransport({ baseUrl: access?.endpointUrl ?? "", interceptors: [auth] }),
-      );
+      const terminal = createClient(TerminalService, runnerTransport(access));
       const { session } = await terminal.createSession({ spec: { sessionId: "main" } });
       if (input) await terminal.writeInput({ sessionId: session?.id ?? "", data: Buffer.from(input) });
       return replId;

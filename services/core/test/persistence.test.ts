@@ -1,8 +1,7 @@
 import { execFileSync } from "node:child_process";
 import { chmod, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { type Client, Code, createClient, type Interceptor } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { type Client, Code, createClient } from "@connectrpc/connect";
 import { ReplService, ReplState, SkipReason, SnapshotReason } from "@devex/gen/devex/core/v1/repl_pb.js";
 import { EntryType, FilesystemService } from "@devex/gen/devex/runner/v1/filesystem_pb.js";
 import { ProcessService, ProcessState } from "@devex/gen/devex/runner/v1/process_pb.js";
@@ -10,6 +9,7 @@ import { TerminalService } from "@devex/gen/devex/runner/v1/terminal_pb.js";
 import { codeOf } from "@devex/kit/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CoreProcess, startCoreProcess } from "./support/core-process.js";
+import { runnerTransport } from "./support/runner-access.js";
 import { type SwiftServer, startSwiftServer } from "./support/swift-server.js";
 
 /**
@@ -18,11 +18,7 @@ import { type SwiftServer, startSwiftServer } from "./support/swift-server.js";
  */
 
 function files(endpointUrl: string, token: string): Client<typeof FilesystemService> {
-  const auth: Interceptor = (next) => (req) => {
-    req.header.set("authorization", `Bearer ${token}`);
-    return next(req);
-  };
-  return createClient(FilesystemService, createGrpcTransport({ baseUrl: endpointUrl, interceptors: [auth] }));
+  return createClient(FilesystemService, runnerTransport({ endpointUrl, token }));
 }
 
 /** Every entry of the workspace as `path type mode [size|target]`, sorted: what a restore must give back exactly. */
@@ -64,16 +60,7 @@ function incompressible(bytes: number): Buffer {
  * opens terminals (a runner left drained refuses all three with `unavailable`).
  */
 async function expectUsable(repls: Client<typeof ReplService>, replId: string): Promise<void> {
-  const { access } = await repls.getReplAccess({ replId });
-  const transport = createGrpcTransport({
-    baseUrl: access?.endpointUrl ?? "",
-    interceptors: [
-      (next) => (req) => {
-        req.header.set("authorization", `Bearer ${access?.token ?? ""}`);
-        return next(req);
-      },
-    ],
-  });
+  const transport = runnerTransport((await repls.getReplAccess({ replId })).access);
   await createClient(FilesystemService, transport).writeFile({
     path: "after-failed-stop.txt",
     content: Buffer.from("ok"),
@@ -375,19 +362,7 @@ describe("persistence on Swift s3api, with faults", () => {
     const fs = await start(repls, replId);
     await fs.writeFile({ path: "work.txt", content: Buffer.from("unsaved work") });
     await writeFile(join(await workspaceOf(core.dataDir, replId), "noise.bin"), incompressible(64 * 1024 * 1024));
-    const { access } = await repls.getReplAccess({ replId });
-    const processes = createClient(
-      ProcessService,
-      createGrpcTransport({
-        baseUrl: access?.endpointUrl ?? "",
-        interceptors: [
-          (next) => (req) => {
-            req.header.set("authorization", `Bearer ${access?.token ?? ""}`);
-            return next(req);
-          },
-        ],
-      }),
-    );
+    const processes = createClient(ProcessService, runnerTransport((await repls.getReplAccess({ replId })).access));
     const before = processes.startProcess({ config: { argv: ["sleep", "1000"], tag: "before" } });
     await before[Symbol.asyncIterator]().next();
     const stopping = repls.stopRepl({ replId }).catch((e: unknown) => e);

@@ -73,14 +73,21 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
 
   /**
    * Whether this replica may act on the repl: it owns it, nobody does, or its owner's lease ran
-   * out (then the repl is claimed first, and `repl` is the claimed record to act on).
+   * out (then the repl is claimed first, and `repl` is the claimed record to act on). `leases`
+   * holds the answers of this pass, so that each owner's lease is read once per pass.
    */
   const ownership = async (
     repl: Versioned<StoredRepl>,
+    leases: Map<string, Promise<boolean>>,
   ): Promise<{ mine: false } | { mine: true; repl: Versioned<StoredRepl>; claimed: boolean }> => {
     const owner = repl.record.ownerCoreId;
     if (!replicas || !owner || owner === replicas.coreId) return { mine: true, repl, claimed: false };
-    if (await replicas.alive(owner)) return { mine: false };
+    let alive = leases.get(owner);
+    if (!alive) {
+      alive = replicas.alive(owner);
+      leases.set(owner, alive);
+    }
+    if (await alive) return { mine: false };
     const claimed = await lifecycle.claim(repl);
     if (!claimed) return { mine: false };
     logger?.info(
@@ -92,6 +99,7 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
 
   const runOnce = async (): Promise<ReconcileReport> => {
     const report: ReconcileReport = { orphansStopped: [], lostRunners: [], stuckRetried: [], claimed: [], errors: [] };
+    const leases = new Map<string, Promise<boolean>>();
     let runners: Awaited<ReturnType<Orchestrator["list"]>>;
     try {
       runners = await orchestrator.list();
@@ -113,7 +121,7 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
         const latest = await repository.get(runner.replId);
         if (explained(latest)) return;
         // Another live replica's repl: its own reconciler removes what its transitions left.
-        if (latest && !(await ownership(latest)).mine) return;
+        if (latest && !(await ownership(latest, leases)).mine) return;
         await orchestrator.stop(runner.replId, 0, { runnerId: runner.id });
         report.orphansStopped.push(runner.replId);
         logger?.info({ replId: runner.replId, state: latest?.record.state ?? "none" }, "stopped an orphan runner");
@@ -125,7 +133,7 @@ export function createReconciler(options: ReconcilerOptions): Reconciler {
       const { id, state } = listed.record;
       await attempt(report, id, async () => {
         if (state !== "running" && !transitionalStates.has(state)) return;
-        const owned = await ownership(listed);
+        const owned = await ownership(listed, leases);
         if (!owned.mine) return;
         const { repl } = owned;
         if (owned.claimed) report.claimed.push(id);

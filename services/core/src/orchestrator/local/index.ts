@@ -9,10 +9,10 @@ import { unixEndpoint } from "@devex/kit";
 import type { Logger } from "pino";
 import { createEgressProxy, type EgressProxy } from "../../egress/index.js";
 import { failpoint } from "../../failpoints.js";
+import { currentProcess, processAlive } from "../../process-start.js";
 import type { Orchestrator, RunnerInstance, RunnerPhase, RunnerSpec } from "../orchestrator.js";
 import { createRunnerCaller, type RunnerCaller } from "../runner-client.js";
 import type { TokenKeys } from "../token-keys.js";
-import { currentLauncher, launcherAlive } from "./launcher.js";
 import { checkReplId, createRunnerRecords } from "./records.js";
 import {
   egressSocketName,
@@ -119,7 +119,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
       logger,
     });
   const records = createRunnerRecords(join(dataDir, "runners"), join(dataDir, "standbys"));
-  const launcher = currentLauncher();
+  const launcher = currentProcess();
   // bwrap runs as each sandbox's uid and must pass through the data directory to reach the
   // sandbox's own folders: traverse only (0711), no listing, and every other entry of it
   // (keys, state, objects, the dev key) closed to every uid but core's. Nothing of the data
@@ -262,7 +262,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
       // finish; one whose core died is abandoned at once.
       const young =
         Date.now() - record.startedAtMs < startingRecordMs &&
-        (launching.has(record.sandboxId) || (record.launcher !== undefined && (await launcherAlive(record.launcher))));
+        (launching.has(record.sandboxId) || (record.launcher !== undefined && (await processAlive(record.launcher))));
       if (!sandbox) {
         if (young) return undefined;
         log.info("dropping the record of a runner whose sandbox is gone");
@@ -564,7 +564,7 @@ export function createLocalOrchestrator(options: LocalOrchestratorOptions): Orch
       if (
         mine
           ? standbys.has(standby.sandboxId) || launching.has(standby.sandboxId)
-          : await launcherAlive(standby.launcher)
+          : await processAlive(standby.launcher)
       ) {
         standbys.add(standby.sandboxId);
       } else if (!recorded.has(standby.sandboxId)) {

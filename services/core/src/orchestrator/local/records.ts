@@ -2,8 +2,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { readdir, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { isProcessIdentity, type ProcessIdentity } from "../../process-start.js";
 import { readJsonObject, writeJsonFile } from "./json-file.js";
-import { isLauncher, type Launcher } from "./launcher.js";
 
 /**
  * What `<dataDir>/runners/<replId>.json` says about a repl's runner, so that a restarted
@@ -20,7 +20,7 @@ export interface RunnerRecord {
   pid: number;
   startedAtMs: number;
   /** The core process that launched it: a start whose launcher died is abandoned. */
-  launcher?: Launcher;
+  launcher?: ProcessIdentity;
 }
 
 /**
@@ -30,7 +30,7 @@ export interface RunnerRecord {
  */
 export interface StandbyRecord {
   sandboxId: string;
-  launcher: Launcher;
+  launcher: ProcessIdentity;
 }
 
 /**
@@ -102,7 +102,7 @@ export function createRunnerRecords(dir: string, standbyDir: string): RunnerReco
       const valid =
         record !== undefined &&
         record.replId === replId &&
-        (record.launcher === undefined || isLauncher(record.launcher)) &&
+        (record.launcher === undefined || isProcessIdentity(record.launcher)) &&
         typeof record.userId === "string" &&
         typeof record.sandboxId === "string" &&
         Number.isInteger(record.pid) &&
@@ -152,7 +152,7 @@ export function createRunnerRecords(dir: string, standbyDir: string): RunnerReco
         const sandboxId = name.slice(0, -".json".length);
         if (!name.endsWith(".json") || !sandboxIdPattern.test(sandboxId)) continue;
         const record = await readJsonObject(join(standbyDir, name));
-        if (record?.sandboxId === sandboxId && isLauncher(record.launcher))
+        if (record?.sandboxId === sandboxId && isProcessIdentity(record.launcher))
           found.push(record as unknown as StandbyRecord);
         else await unlink(join(standbyDir, name)).catch(() => {});
       }
